@@ -1,0 +1,26 @@
+"""One assertion helper that says where and by how much tensors differ."""
+
+import torch
+
+
+def assert_close(actual, expected, *, rtol: float, atol: float, name: str = "value") -> None:
+    """Like torch.testing.assert_close, but reports the worst index, NaN/inf mismatches and counts."""
+    actual = torch.as_tensor(actual).detach().double().cpu()
+    expected = torch.as_tensor(expected).detach().double().cpu()
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    nan_mismatch = torch.isnan(actual) != torch.isnan(expected)
+    assert not nan_mismatch.any(), f"{name}: NaN mismatch at {nan_mismatch.nonzero()[:5].tolist()}"
+    finite = torch.isfinite(expected) & torch.isfinite(actual)
+    inf_mismatch = ~finite & ~torch.isnan(expected) & (actual != expected)
+    assert not inf_mismatch.any(), f"{name}: inf mismatch at {inf_mismatch.nonzero()[:5].tolist()}"
+    err = (actual - expected).abs().where(finite, torch.zeros(()))
+    bad = err > atol + rtol * expected.abs()
+    if bad.any():
+        worst = int(torch.argmax(err - rtol * expected.abs()))
+        idx = torch.unravel_index(torch.tensor(worst), expected.shape) if expected.dim() else ()
+        idx = tuple(int(i) for i in idx)
+        raise AssertionError(
+            f"{name}: {int(bad.sum())}/{bad.numel()} elements out of tolerance (rtol={rtol}, atol={atol}); "
+            f"worst at {idx}: actual {actual.flatten()[worst].item():.10g} vs expected "
+            f"{expected.flatten()[worst].item():.10g} (abs err {err.flatten()[worst].item():.3g})"
+        )
