@@ -151,7 +151,7 @@ def test_chunked_gradcheck(chunk):
     labels = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4, 4, 5, 0])
 
     def f(z):
-        return multipos_torch.multipos_ce_chunked(z, z, labels, labels, 7.0, 0, chunk=chunk)
+        return multipos_torch.multipos_ce_chunked(z, z, labels, labels, 7.0, 0, chunk_rows=chunk)
 
     assert torch.autograd.gradcheck(f, (z,))
 
@@ -165,7 +165,7 @@ def test_chunked_gradcheck_rows_against_other_columns_with_scale():
     row_labels, col_labels = torch.tensor([1, 2, 2, 9]), torch.tensor([0, 1, 2, 1, 2, 2, 9, 1, 3])
 
     def f(rows, cols, scale):
-        return multipos_torch.multipos_ce_chunked(rows, cols, row_labels, col_labels, scale, 3, chunk=3)
+        return multipos_torch.multipos_ce_chunked(rows, cols, row_labels, col_labels, scale, 3, chunk_rows=3)
 
     assert torch.autograd.gradcheck(f, (rows, cols, scale))
 

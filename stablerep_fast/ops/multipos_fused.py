@@ -1,0 +1,140 @@
+"""The fused multi-positive cross-entropy: one autograd Function over two kernels.
+
+Every memory-bounded backend (chunked torch, C++, Triton, CUDA) supplies the same two
+kernels; this module does the rest (positive terms, gradient bookkeeping) once:
+
+    lse(a, b, scale, diag) -> [na] in the accumulation dtype (float64 for float64, else float32)
+        lse_i = log sum_j exp(s_ij),  s_ij = scale * a_i . b_j,  j = i + diag excluded
+    weighted_sum(a, b, u, lse_a, v, lse_b, scale, diag) -> [na, D] in the accumulation dtype
+        out_i = sum_j (u_i exp(s_ij - lse_a_i) + v_j exp(s_ij - lse_b_j)) b_j,  j = i + diag excluded
+        (u/lse_a or v/lse_b may be None: that term is absent)
+
+Neither materialises anything [na, nb]. The positive term needs no quadratic work: with
+G_g the sum of the columns of caption g, sum_{j in P_i} a_i . b_j = a_i . (G_{y_i} - own column).
+
+Gradients (g_i = dL/dl_i, zero for rows without positives, w_i = g_i / k_i):
+    dL/da_i = scale * [sum_j g_i Q_ij b_j - w_i sum_{j in P_i} b_j]
+    dL/db_j = scale * [sum_i g_i Q_ij a_i - sum_{i : j in P_i} w_i a_i]
+When rows and columns are the same tensor (single process), s is symmetric and one
+weighted_sum with both terms gives the whole gradient: deterministic, no atomics.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+
+class Kernels(Protocol):
+    def lse(self, a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, diag: int | None) -> torch.Tensor: ...
+
+    def weighted_sum(
+        self,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        u: torch.Tensor | None,
+        lse_a: torch.Tensor | None,
+        v: torch.Tensor | None,
+        lse_b: torch.Tensor | None,
+        scale: torch.Tensor,
+        diag: int | None,
+    ) -> torch.Tensor: ...
+
+
+def group_ids(row_labels: torch.Tensor, col_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Caption ids shared by rows and columns: (row_ids, col_ids, bound), ids < bound.
+
+    Sort-based with static shapes (no torch.unique), so it traces under torch.compile; the
+    bound is the number of labels, not the number of distinct captions.
+    """
+    labels = torch.cat([row_labels, col_labels])
+    sorted_labels, order = torch.sort(labels)
+    starts = torch.ones_like(sorted_labels)
+    starts[1:] = sorted_labels[1:] != sorted_labels[:-1]
+    ids = torch.empty_like(labels)
+    ids[order] = torch.cumsum(starts, 0) - 1
+    n = row_labels.shape[0]
+    return ids[:n], ids[n:], labels.shape[0]
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; everything else accumulates in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _group_sums(x: torch.Tensor, ids: torch.Tensor, bound: int, weight: torch.Tensor | None = None) -> torch.Tensor:
+    xa = x.to(accumulation_dtype(x.dtype))
+    sums = torch.zeros(bound, x.shape[1], dtype=xa.dtype, device=x.device)
+    return sums.index_add_(0, ids, xa if weight is None else weight[:, None] * xa)
+
+
+class _FusedMultiPosCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, rows, cols, row_ids, col_ids, bound, scale, self_offset, symmetric, kernels):
+        n, acc = rows.shape[0], accumulation_dtype(rows.dtype)
+        own_cols = cols[self_offset : self_offset + n].to(acc) if self_offset is not None else None
+        k = torch.bincount(col_ids, minlength=bound)[row_ids]
+        positive_cols = _group_sums(cols, col_ids, bound)[row_ids]
+        if own_cols is not None:
+            k = k - 1
+            positive_cols = positive_cols - own_cols
+        positive_dot = (rows.to(acc) * positive_cols).sum(1)  # unscaled sum over P_i of a_i . b_j
+        lse = kernels.lse(rows, cols, scale, self_offset)
+        has_positive = k > 0
+        k_safe = k.clamp(min=1).to(acc)
+        per_row = torch.where(has_positive, lse - scale.to(acc) * positive_dot / k_safe, 0.0)
+        ctx.save_for_backward(rows, cols, row_ids, col_ids, scale, lse, k_safe, has_positive, positive_dot)
+        ctx.bound, ctx.self_offset, ctx.symmetric, ctx.kernels = bound, self_offset, symmetric, kernels
+        return per_row.mean()
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        rows, cols, row_ids, col_ids, scale, lse, k_safe, has_positive, positive_dot = ctx.saved_tensors
+        self_offset, kernels = ctx.self_offset, ctx.kernels
+        n, acc = rows.shape[0], lse.dtype
+        g = torch.where(has_positive, grad_loss.to(acc) / n, 0.0)
+        lse = lse.masked_fill(~has_positive, float("inf"))  # softmax rows of such anchors vanish
+        w = g / k_safe
+        scale_acc = scale.to(acc)
+
+        # Positive pairs: rows get -w_i sum_{j in P_i} b_j; columns get -sum_{i: j in P_i} w_i a_i.
+        positive_cols = _group_sums(cols, col_ids, ctx.bound)[row_ids]
+        cols_positive_grad = _group_sums(rows, row_ids, ctx.bound, w)[col_ids]
+        if self_offset is not None:
+            positive_cols = positive_cols - cols[self_offset : self_offset + n].to(acc)
+            cols_positive_grad[self_offset : self_offset + n] -= w[:, None] * rows.to(acc)
+
+        grad_scale = None
+        if ctx.symmetric:
+            both = kernels.weighted_sum(rows, rows, g, lse, g, lse, scale, 0)
+            grad = scale_acc * (both - w[:, None] * positive_cols - cols_positive_grad)
+            return grad.to(rows.dtype), None, None, None, None, None, None, None, None
+        rows_lse = kernels.weighted_sum(rows, cols, g, lse, None, None, scale, self_offset)
+        diag_t = None if self_offset is None else -self_offset
+        cols_lse = kernels.weighted_sum(cols, rows, None, None, g, lse, scale, diag_t)
+        grad_rows = scale_acc * (rows_lse - w[:, None] * positive_cols)
+        grad_cols = scale_acc * (cols_lse - cols_positive_grad)
+        if ctx.needs_input_grad[5]:
+            # dL/dscale = sum_ij (dL/ds_ij) a_i . b_j; the lse part is a_i . rows_lse_i.
+            dscale = (rows.to(acc) * rows_lse).sum() - (w * positive_dot).sum()
+            grad_scale = dscale.to(scale.dtype).reshape(scale.shape)
+        return grad_rows.to(rows.dtype), grad_cols.to(cols.dtype), None, None, None, grad_scale, None, None, None
+
+
+def fused_multipos_ce(
+    kernels: Kernels,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    row_labels: torch.Tensor,
+    col_labels: torch.Tensor,
+    scale: torch.Tensor | float,
+    self_offset: int | None,
+) -> torch.Tensor:
+    """Mean multi-positive cross-entropy of rows against columns (see multipos_torch) via ``kernels``."""
+    if not isinstance(scale, torch.Tensor):
+        scale = torch.tensor(float(scale), dtype=accumulation_dtype(rows.dtype), device=rows.device)
+    row_ids, col_ids, bound = group_ids(row_labels, col_labels)
+    # One symmetric pass needs s = s^T (same tensor, own diagonal) and no scale gradient.
+    symmetric = rows is cols and self_offset == 0 and not scale.requires_grad
+    return _FusedMultiPosCE.apply(rows, cols, row_ids, col_ids, bound, scale, self_offset, symmetric, kernels)
