@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from stablerep_fast.bench.timing import peak_memory_mb, time_fn
-from stablerep_fast.ops.dispatch import BACKENDS
+from stablerep_fast.ops.dispatch import BACKENDS, unavailable_reason
 from stablerep_fast.ops.multipos import multipos_con_loss
 
 # Dense bf16 tensor-core rate measured on H100/H200 (METHOD.md), in FLOP/s.
@@ -88,8 +88,8 @@ def loss_backends(device: torch.device, dtype: torch.dtype, names: list[str] | N
         return names
     return [
         name
-        for name, b in BACKENDS.items()
-        if name not in DISPATCHERS and b.unavailable(device, dtype) is None
+        for name in BACKENDS
+        if name not in DISPATCHERS and unavailable_reason(name, device, dtype) is None
     ]
 
 

@@ -50,14 +50,14 @@ def multipos_con_loss(
     labels = _check_labels("labels", labels, feats)
     tau = _positive_scalar("temperature", temperature)
     _check_finite("feats", feats)
-    impl = resolve_backend(backend, feats.device, feats.dtype)
+    loss_fn = resolve_backend(backend, feats.device, feats.dtype, feats.shape[0] ** 2)
     z = _prepare(feats, normalize)
     group = active_group(process_group)
     if group is None:
-        return impl.fn(z, z, labels, labels, 1.0 / tau, 0)
+        return loss_fn(z, z, labels, labels, 1.0 / tau, 0)
     cols, sizes = gather_rows(z, group)
     col_labels, _ = gather_rows(labels, group, sizes)
-    return impl.fn(z, cols, labels, col_labels, 1.0 / tau, row_offset(sizes, group))
+    return loss_fn(z, cols, labels, col_labels, 1.0 / tau, row_offset(sizes, group))
 
 
 def multipos_clip_loss(
@@ -98,7 +98,7 @@ def multipos_clip_loss(
     scale = _check_logit_scale(logit_scale)
     _check_finite("image_emb", image_emb)
     _check_finite("text_emb", text_emb)
-    impl = resolve_backend(backend, image_emb.device, image_emb.dtype)
+    loss_fn = resolve_backend(backend, image_emb.device, image_emb.dtype, image_emb.shape[0] * text_emb.shape[0])
     v, t = _prepare(image_emb, normalize), _prepare(text_emb, normalize)
     group = active_group(process_group)
     if group is None:
@@ -108,8 +108,8 @@ def multipos_clip_loss(
         all_t, t_sizes = gather_rows(t, group)
         all_v_labels, _ = gather_rows(image_labels, group, v_sizes)
         all_t_labels, _ = gather_rows(text_labels, group, t_sizes)
-    image_to_text = impl.fn(v, all_t, image_labels, all_t_labels, scale, None)
-    text_to_image = impl.fn(t, all_v, text_labels, all_v_labels, scale, None)
+    image_to_text = loss_fn(v, all_t, image_labels, all_t_labels, scale, None)
+    text_to_image = loss_fn(t, all_v, text_labels, all_v_labels, scale, None)
     return 0.5 * (image_to_text + text_to_image)
 
 
