@@ -3,6 +3,7 @@
 Environment variables:
   STABLEREP_FAST_CUDA_ARCHS  CUDA architectures, CMake syntax (default "80;90").
   STABLEREP_FAST_NO_CUDA=1   skip the CUDA sources even when nvcc is found.
+  STABLEREP_FAST_NATIVE=0    build portable CPU code instead of -march=native.
   STABLEREP_FAST_BUILD_JOBS  parallel compile jobs (default: CPU count).
 """
 
@@ -15,6 +16,11 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    return default if value is None else value.lower() in ("1", "true", "yes", "on")
 
 
 class CMakeExtension(Extension):
@@ -30,13 +36,14 @@ class CMakeBuild(build_ext):
         out_dir = (Path.cwd() / self.get_ext_fullpath(ext.name)).parent.resolve()
         build_dir = Path(self.build_temp).resolve() / ext.name
         build_dir.mkdir(parents=True, exist_ok=True)
-        no_cuda = os.environ.get("STABLEREP_FAST_NO_CUDA", "0").lower() in ("1", "true", "yes", "on")
+        no_cuda = _env_flag("STABLEREP_FAST_NO_CUDA", False)
         args = [
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}{os.sep}",
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DCMAKE_BUILD_TYPE={'Debug' if self.debug else 'Release'}",
             f"-DSRF_WITH_CUDA={'OFF' if no_cuda else 'ON'}",
+            f"-DSRF_NATIVE={'ON' if _env_flag('STABLEREP_FAST_NATIVE', True) else 'OFF'}",
             f"-DSRF_CUDA_ARCHS={os.environ.get('STABLEREP_FAST_CUDA_ARCHS', '80;90')}",
         ]
         jobs = os.environ.get("STABLEREP_FAST_BUILD_JOBS", str(os.cpu_count() or 1))

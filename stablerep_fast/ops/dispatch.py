@@ -6,16 +6,18 @@ Every backend is an autograd-able function with one signature,
 wrapper never depend on which one runs.
 
 Backend modules are imported on first use (Triton's interpreter, for one, must be chosen
-before its kernels are defined). A module provides the function, optionally
-``unavailable(device, dtype) -> str | None`` (None when it can run, else the reason) and
-``AUTO_MIN_LOGITS``: below that many logits (rows x columns) "auto" passes it over.
+before its kernels are defined). A module provides the function and optionally:
+``unavailable(device, dtype) -> str | None`` (None when it can run, else the reason);
+``AUTO_MIN_LOGITS`` (below that many logits, rows x columns, "auto" passes it over);
+``HALF_INPUTS = True`` (it takes float16/bfloat16 rows as they are; others get float32);
+``PRECISIONS`` (the float32 modes its ``precision=`` keyword accepts; others are exact).
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
-from functools import cache
+from pathlib import Path
+from types import ModuleType
 from typing import Callable
 
 import torch
@@ -49,29 +51,57 @@ AUTO_ORDER: dict[str, tuple[str, ...]] = {
 
 
 @dataclass(frozen=True)
-class _Loaded:
+class LoadedBackend:
+    name: str
     fn: Callable[..., torch.Tensor] | None
     unavailable: Callable[[torch.device, torch.dtype], str | None]
-    auto_min_logits: int
+    auto_min_logits: int = 0
+    half_inputs: bool = False
+    takes_precision: bool = False
 
 
-@cache
-def _load(name: str) -> _Loaded:
-    """Import backend ``name``; a module that cannot load yields fn=None and the reason."""
-    backend = BACKENDS[name]
-    qualified = f"stablerep_fast.ops.{backend.module}"
+def _import(module: str) -> ModuleType:
+    """Import a backend module with import statements, not importlib: torch.compile runs
+    import statements while it traces a first call, but refuses importlib."""
+    if module == "multipos_torch":
+        from stablerep_fast.ops import multipos_torch as loaded
+    elif module == "multipos_cpp":
+        from stablerep_fast.ops import multipos_cpp as loaded
+    elif module == "multipos_triton":
+        from stablerep_fast.ops import multipos_triton as loaded
+    elif module == "multipos_cuda":
+        from stablerep_fast.ops import multipos_cuda as loaded
+    else:
+        raise ValueError(f"no backend module {module!r}")
+    return loaded
+
+
+_LOADED: dict[str, LoadedBackend] = {}
+
+
+def _load(name: str) -> LoadedBackend:
+    """Backend ``name``, imported once; a module that cannot load yields fn=None and the reason."""
+    if name not in _LOADED:
+        _LOADED[name] = _load_uncached(BACKENDS[name])
+    return _LOADED[name]
+
+
+def _load_uncached(backend: Backend) -> LoadedBackend:
     try:
-        module = importlib.import_module(qualified)
+        module = _import(backend.module)
     except ImportError as exc:
-        if isinstance(exc, ModuleNotFoundError) and exc.name == qualified:
+        if not (Path(__file__).parent / f"{backend.module}.py").exists():
             reason = f"the {backend.description} are not part of this version of stablerep_fast"
         else:
             reason = f"import failed: {exc}"
-        return _Loaded(None, lambda device, dtype: reason, 0)
-    return _Loaded(
+        return LoadedBackend(backend.name, None, lambda device, dtype: reason)
+    return LoadedBackend(
+        backend.name,
         getattr(module, backend.function),
         getattr(module, "unavailable", lambda device, dtype: None),
         getattr(module, "AUTO_MIN_LOGITS", 0),
+        getattr(module, "HALF_INPUTS", False),
+        hasattr(module, "PRECISIONS"),
     )
 
 
@@ -86,20 +116,18 @@ def available_backends(device: torch.device | str = "cpu", dtype: torch.dtype = 
     return [name for name in BACKENDS if unavailable_reason(name, device, dtype) is None]
 
 
-def resolve_backend(
-    name: str, device: torch.device, dtype: torch.dtype, logits: int = 0
-) -> Callable[..., torch.Tensor]:
-    """The loss function to run: backend ``name`` itself (checked), or for "auto" the first
-    available one in AUTO_ORDER that takes a problem of ``logits`` = rows x columns."""
+def resolve_backend(name: str, device: torch.device, dtype: torch.dtype, logits: int = 0) -> LoadedBackend:
+    """The backend to run: ``name`` itself (checked), or for "auto" the first available one in
+    AUTO_ORDER that takes a problem of ``logits`` = rows x columns."""
     if name == "auto":
         for candidate in AUTO_ORDER.get(device.type, ()):
             loaded = _load(candidate)
             if loaded.unavailable(device, dtype) is None and logits >= loaded.auto_min_logits:
-                return loaded.fn
-        return _load("torch").fn
+                return loaded
+        return _load("torch")
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {['auto', *BACKENDS]}")
     reason = unavailable_reason(name, device, dtype)
     if reason is not None:
         raise RuntimeError(f"backend {name!r} cannot run on {device.type} with {dtype}: {reason}")
-    return _load(name).fn
+    return _load(name)

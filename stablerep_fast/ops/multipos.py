@@ -8,6 +8,7 @@ the backend that ``ops.dispatch`` picks.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from numbers import Real
 
@@ -16,10 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from stablerep_fast import _ext
-from stablerep_fast.ops.dispatch import resolve_backend
+from stablerep_fast.ops.dispatch import LoadedBackend, resolve_backend
 from stablerep_fast.ops.distributed import active_group, gather_rows, row_offset
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+PRECISIONS = ("tf32", "ieee")
 
 
 def multipos_con_loss(
@@ -29,6 +31,7 @@ def multipos_con_loss(
     *,
     normalize: bool = True,
     backend: str = "auto",
+    precision: str = "tf32",
     process_group=None,
 ) -> torch.Tensor:
     """StableRep's multi-positive contrastive loss; images of one caption are positives.
@@ -39,6 +42,8 @@ def multipos_con_loss(
         temperature: tau > 0; similarities are z_i . z_j / tau.
         normalize: L2-normalise ``feats`` first (the reference does); False uses them as given.
         backend: "auto", "torch", "reference", "chunked", "triton", "cpp" or "cuda".
+        precision: float32 products on GPU tensor cores, "tf32" or "ieee" (exact); backends
+            without tensor cores are always exact.
         process_group: gather columns over this group; by default the world group when
             torch.distributed is initialised with more than one rank.
 
@@ -49,9 +54,11 @@ def multipos_con_loss(
     _check_features("feats", feats)
     labels = _check_labels("labels", labels, feats)
     tau = _positive_scalar("temperature", temperature)
+    _check_precision(precision)
     _check_finite("feats", feats)
-    loss_fn = resolve_backend(backend, feats.device, feats.dtype, feats.shape[0] ** 2)
-    z = _prepare(feats, normalize)
+    impl = resolve_backend(backend, feats.device, feats.dtype, feats.shape[0] ** 2)
+    loss_fn = _with_precision(impl, precision)
+    z = _prepare(feats, normalize, impl.half_inputs)
     group = active_group(process_group)
     if group is None:
         return loss_fn(z, z, labels, labels, 1.0 / tau, 0)
@@ -69,6 +76,7 @@ def multipos_clip_loss(
     *,
     normalize: bool = True,
     backend: str = "auto",
+    precision: str = "tf32",
     process_group=None,
 ) -> torch.Tensor:
     """StableRep+ image-text term: multi-positive cross-entropy both ways, averaged.
@@ -81,6 +89,7 @@ def multipos_clip_loss(
         logit_scale: the multiplier s = exp(learned log-scale) > 0, as in the reference and
             OpenCLIP; a tensor keeps its gradient.
         normalize: L2-normalise both embeddings first (the reference does).
+        backend, precision, process_group: as for :func:`multipos_con_loss`.
 
     Returns:
         0.5 * (CE(P_v, s V T^T) + CE(P_t, s T V^T)), each averaged over its local rows, where
@@ -96,10 +105,12 @@ def multipos_clip_loss(
     image_labels = _check_labels("image_labels", image_labels, image_emb)
     text_labels = _check_labels("text_labels", text_labels, text_emb)
     scale = _check_logit_scale(logit_scale)
+    _check_precision(precision)
     _check_finite("image_emb", image_emb)
     _check_finite("text_emb", text_emb)
-    loss_fn = resolve_backend(backend, image_emb.device, image_emb.dtype, image_emb.shape[0] * text_emb.shape[0])
-    v, t = _prepare(image_emb, normalize), _prepare(text_emb, normalize)
+    impl = resolve_backend(backend, image_emb.device, image_emb.dtype, image_emb.shape[0] * text_emb.shape[0])
+    loss_fn = _with_precision(impl, precision)
+    v, t = _prepare(image_emb, normalize, impl.half_inputs), _prepare(text_emb, normalize, impl.half_inputs)
     group = active_group(process_group)
     if group is None:
         all_v, all_t, all_v_labels, all_t_labels = v, t, image_labels, text_labels
@@ -121,10 +132,11 @@ class MultiPosConLoss(nn.Module):
     """
 
     def __init__(self, temperature: float = 0.1, *, normalize: bool = True, backend: str = "auto",
-                 process_group=None):
+                 precision: str = "tf32", process_group=None):
         super().__init__()
         self.temperature = _positive_scalar("temperature", temperature)
-        self.normalize, self.backend, self.process_group = normalize, backend, process_group
+        _check_precision(precision)
+        self.normalize, self.backend, self.precision, self.process_group = normalize, backend, precision, process_group
 
     def set_temperature(self, temperature: float = 0.1) -> None:
         self.temperature = _positive_scalar("temperature", temperature)
@@ -138,8 +150,8 @@ class MultiPosConLoss(nn.Module):
             raise ValueError("MultiPosConLoss(feats, labels) needs labels")
         else:
             feats = outputs
-        loss = multipos_con_loss(feats, labels, self.temperature, normalize=self.normalize,
-                                 backend=self.backend, process_group=self.process_group)
+        loss = multipos_con_loss(feats, labels, self.temperature, normalize=self.normalize, backend=self.backend,
+                                 precision=self.precision, process_group=self.process_group)
         return {"loss": loss, "image_loss": loss}
 
 
@@ -153,26 +165,38 @@ class MultiPosConLossMM(nn.Module):
     KEYS = ("image_feats", "image_emb", "text_emb", "image_labels", "text_labels", "logit_scale")
 
     def __init__(self, temperature: float = 0.1, w1: float = 1.0, w2: float = 1.0, *,
-                 backend: str = "auto", process_group=None):
+                 backend: str = "auto", precision: str = "tf32", process_group=None):
         super().__init__()
         self.temperature = _positive_scalar("temperature", temperature)
+        _check_precision(precision)
         self.w1, self.w2 = float(w1), float(w2)
-        self.backend, self.process_group = backend, process_group
+        self.backend, self.precision, self.process_group = backend, precision, process_group
 
     def forward(self, outputs: Mapping) -> dict:
         image_feats, image_emb, text_emb, image_labels, text_labels, logit_scale = _require(outputs, self.KEYS)
-        kwargs = {"backend": self.backend, "process_group": self.process_group}
+        kwargs = {"backend": self.backend, "precision": self.precision, "process_group": self.process_group}
         image_loss = multipos_con_loss(image_feats, image_labels, self.temperature, **kwargs)
         img_txt_loss = multipos_clip_loss(image_emb, text_emb, image_labels, text_labels, logit_scale, **kwargs)
         loss = self.w1 * image_loss + self.w2 * img_txt_loss
         return {"loss": loss, "image_loss": image_loss, "img_txt_loss": img_txt_loss}
 
 
-def _prepare(x: torch.Tensor, normalize: bool) -> torch.Tensor:
-    """Compute in float32 for half-precision inputs; L2-normalise rows when asked."""
-    if x.dtype in _LOW_PRECISION:
-        x = x.float()
-    return F.normalize(x, dim=1, p=2, eps=1e-12) if normalize else x
+def _prepare(x: torch.Tensor, normalize: bool, half_inputs: bool) -> torch.Tensor:
+    """L2-normalise rows (in float32 for half-precision inputs) when asked; half-precision
+    rows go back to their dtype only for backends that take them (fused GPU kernels)."""
+    if x.dtype not in _LOW_PRECISION:
+        return F.normalize(x, dim=1, p=2, eps=1e-12) if normalize else x
+    z = F.normalize(x.float(), dim=1, p=2, eps=1e-12) if normalize else x.float()
+    return z.to(x.dtype) if half_inputs else z
+
+
+def _with_precision(impl: LoadedBackend, precision: str):
+    return functools.partial(impl.fn, precision=precision) if impl.takes_precision else impl.fn
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
 
 def _require(outputs: Mapping, keys: tuple[str, ...]) -> list:

@@ -7,7 +7,8 @@ kernels; this module does the rest (positive terms, gradient bookkeeping) once:
         lse_i = log sum_j exp(s_ij),  s_ij = scale * a_i . b_j,  j = i + diag excluded
     weighted_sum(a, b, u, lse_a, v, lse_b, scale, diag) -> [na, D] in the accumulation dtype
         out_i = sum_j (u_i exp(s_ij - lse_a_i) + v_j exp(s_ij - lse_b_j)) b_j,  j = i + diag excluded
-        (u/lse_a or v/lse_b may be None: that term is absent)
+        (u/lse_a or v/lse_b may be None: that term is absent; lse entries are finite or +inf,
+        and +inf makes that row's or column's term vanish)
 
 Neither materialises anything [na, nb]. The positive term needs no quadratic work: with
 G_g the sum of the columns of caption g, sum_{j in P_i} a_i . b_j = a_i . (G_{y_i} - own column).
@@ -21,7 +22,8 @@ weighted_sum with both terms gives the whole gradient: deterministic, no atomics
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Callable, Protocol
 
 import torch
 
@@ -71,10 +73,17 @@ def _group_sums(x: torch.Tensor, ids: torch.Tensor, bound: int, weight: torch.Te
 
 class _FusedMultiPosCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, rows, cols, row_ids, col_ids, bound, scale, self_offset, symmetric, kernels):
+    def forward(ctx, rows, cols, row_ids, col_ids, bound, scale, self_offset, kernels):
+        # cols=None: the columns are the rows themselves (one tensor, not passed twice, which
+        # torch.compile cannot trace).
+        symmetric = cols is None
+        cols = rows if symmetric else cols
         n, acc = rows.shape[0], accumulation_dtype(rows.dtype)
         own_cols = cols[self_offset : self_offset + n].to(acc) if self_offset is not None else None
-        k = torch.bincount(col_ids, minlength=bound)[row_ids]
+        # Static-shape count per caption (bincount's length depends on the data).
+        k = torch.zeros(bound, dtype=torch.int64, device=col_ids.device).index_add_(
+            0, col_ids, torch.ones_like(col_ids)
+        )[row_ids]
         positive_cols = _group_sums(cols, col_ids, bound)[row_ids]
         if own_cols is not None:
             k = k - 1
@@ -109,7 +118,7 @@ class _FusedMultiPosCE(torch.autograd.Function):
         if ctx.symmetric:
             both = kernels.weighted_sum(rows, rows, g, lse, g, lse, scale, 0)
             grad = scale_acc * (both - w[:, None] * positive_cols - cols_positive_grad)
-            return grad.to(rows.dtype), None, None, None, None, None, None, None, None
+            return grad.to(rows.dtype), None, None, None, None, None, None, None
         rows_lse = kernels.weighted_sum(rows, cols, g, lse, None, None, scale, self_offset)
         diag_t = None if self_offset is None else -self_offset
         cols_lse = kernels.weighted_sum(cols, rows, None, None, g, lse, scale, diag_t)
@@ -119,7 +128,7 @@ class _FusedMultiPosCE(torch.autograd.Function):
             # dL/dscale = sum_ij (dL/ds_ij) a_i . b_j; the lse part is a_i . rows_lse_i.
             dscale = (rows.to(acc) * rows_lse).sum() - (w * positive_dot).sum()
             grad_scale = dscale.to(scale.dtype).reshape(scale.shape)
-        return grad_rows.to(rows.dtype), grad_cols.to(cols.dtype), None, None, None, grad_scale, None, None, None
+        return grad_rows.to(rows.dtype), grad_cols.to(cols.dtype), None, None, None, grad_scale, None, None
 
 
 def fused_multipos_ce(
@@ -134,7 +143,48 @@ def fused_multipos_ce(
     """Mean multi-positive cross-entropy of rows against columns (see multipos_torch) via ``kernels``."""
     if not isinstance(scale, torch.Tensor):
         scale = torch.tensor(float(scale), dtype=accumulation_dtype(rows.dtype), device=rows.device)
+    scale = scale.to(rows.device)
     row_ids, col_ids, bound = group_ids(row_labels, col_labels)
     # One symmetric pass needs s = s^T (same tensor, own diagonal) and no scale gradient.
     symmetric = rows is cols and self_offset == 0 and not scale.requires_grad
-    return _FusedMultiPosCE.apply(rows, cols, row_ids, col_ids, bound, scale, self_offset, symmetric, kernels)
+    return _FusedMultiPosCE.apply(rows, None if symmetric else cols, row_ids, col_ids, bound, scale, self_offset, kernels)
+
+
+@dataclass(frozen=True)
+class OpKernels:
+    """A backend's two kernels registered as torch ops (see ``register_kernels``); ``extra``
+    holds trailing op arguments, such as a precision."""
+
+    lse_op: Callable[..., torch.Tensor]
+    weighted_sum_op: Callable[..., torch.Tensor]
+    extra: tuple = ()
+
+    def lse(self, a, b, scale, diag):
+        return self.lse_op(a, b, scale, diag or 0, diag is not None, *self.extra)
+
+    def weighted_sum(self, a, b, u, lse_a, v, lse_b, scale, diag):
+        return self.weighted_sum_op(a, b, u, lse_a, v, lse_b, scale, diag or 0, diag is not None, *self.extra)
+
+
+def register_kernels(name: str, lse_impl: Callable, weighted_sum_impl: Callable) -> OpKernels:
+    """Register ``stablerep_fast::{name}_lse`` and ``{name}_weighted_sum`` as torch custom ops.
+
+    The implementations take ``(a, b, scale, diag: int, has_diag: bool, *extra)`` and
+    ``(a, b, u, lse_a, v, lse_b, scale, diag, has_diag, *extra)`` (annotated, Optional tensors
+    for the absent terms). Fake implementations give torch.compile the output shapes, so a
+    compiled model calling the loss traces through the kernels without a graph break.
+    """
+    lse_op = torch.library.custom_op(f"stablerep_fast::{name}_lse", mutates_args=())(lse_impl)
+    weighted_sum_op = torch.library.custom_op(f"stablerep_fast::{name}_weighted_sum", mutates_args=())(
+        weighted_sum_impl
+    )
+
+    @lse_op.register_fake
+    def _(a, b, *args):
+        return a.new_empty(a.shape[0], dtype=accumulation_dtype(a.dtype))
+
+    @weighted_sum_op.register_fake
+    def _(a, b, *args):
+        return a.new_empty(a.shape, dtype=accumulation_dtype(a.dtype))
+
+    return OpKernels(lse_op, weighted_sum_op)

@@ -38,7 +38,8 @@ def multipos_ce_dense(
     self_offset: int | None,
 ) -> torch.Tensor:
     """Reference semantics with [n, M] masks and logits; differentiable by autograd."""
-    n = rows.shape[0]
+    n, acc = rows.shape[0], accumulation_dtype(rows.dtype)
+    rows, cols = rows.to(acc), cols.to(acc)
     logits = scale * (rows @ cols.T)
     positive = row_labels[:, None] == col_labels[None, :]
     if self_offset is not None:

@@ -17,7 +17,8 @@ F64 = dict(rtol=1e-10, atol=1e-12)
 F32_LOSS = dict(rtol=2e-5, atol=2e-5)
 F32_GRAD_REL = 1e-4  # times the largest reference gradient entry
 
-TORCH_BACKENDS = ["reference", "chunked", "chunked-tiny", "torch", "auto"]
+# Every backend that runs on CPU in float64/float32 (the fused ones have their own files too).
+BACKENDS = ["reference", "chunked", "chunked-tiny", "torch", "auto", "cpp"]
 SHAPES = [  # (N, D, number of captions)
     (2, 1, 1),
     (7, 3, 3),
@@ -57,7 +58,7 @@ def _loss_and_grad(feats, labels, temperature, **kwargs):
     return loss.detach(), feats.grad
 
 
-@pytest.mark.parametrize("backend_name", TORCH_BACKENDS, indirect=True)
+@pytest.mark.parametrize("backend_name", BACKENDS, indirect=True)
 @pytest.mark.parametrize("n,d,captions", SHAPES)
 def test_con_loss_float64_matches_reference(backend_name, n, d, captions):
     feats, labels = _inputs(n, d, captions)
@@ -68,7 +69,7 @@ def test_con_loss_float64_matches_reference(backend_name, n, d, captions):
     assert_close(grad, ref_grad, **F64, name="grad")
 
 
-@pytest.mark.parametrize("backend_name", TORCH_BACKENDS, indirect=True)
+@pytest.mark.parametrize("backend_name", BACKENDS, indirect=True)
 @pytest.mark.parametrize("n,d,captions", SHAPES[1:])
 def test_con_loss_float32_matches_reference(backend_name, n, d, captions):
     feats, labels = _inputs(n, d, captions, dtype=torch.float32)
@@ -80,7 +81,7 @@ def test_con_loss_float32_matches_reference(backend_name, n, d, captions):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("backend_name", ["reference", "chunked"], indirect=True)
+@pytest.mark.parametrize("backend_name", ["reference", "chunked", "cpp"], indirect=True)
 def test_con_loss_half_precision_computes_in_float32(dtype, backend_name):
     feats, labels = _inputs(40, 24, 8, dtype=dtype)
     loss, grad = _loss_and_grad(feats, labels, 0.1, backend=backend_name)
@@ -93,7 +94,7 @@ def test_con_loss_half_precision_computes_in_float32(dtype, backend_name):
     assert_close(grad, ref_grad, rtol=rel, atol=rel * ref_grad.abs().max().item(), name="grad")
 
 
-@pytest.mark.parametrize("backend_name", TORCH_BACKENDS, indirect=True)
+@pytest.mark.parametrize("backend_name", BACKENDS, indirect=True)
 def test_no_positives_anywhere_gives_zero_loss_and_gradient(backend_name):
     feats = torch.randn(9, 4, dtype=torch.float64, requires_grad=True)
     loss, grad = _loss_and_grad(feats, torch.arange(9), 0.1, backend=backend_name)
@@ -101,14 +102,14 @@ def test_no_positives_anywhere_gives_zero_loss_and_gradient(backend_name):
     assert torch.count_nonzero(grad) == 0
 
 
-@pytest.mark.parametrize("backend_name", TORCH_BACKENDS, indirect=True)
+@pytest.mark.parametrize("backend_name", BACKENDS, indirect=True)
 def test_single_row_gives_zero(backend_name):
     feats = torch.randn(1, 5, dtype=torch.float64, requires_grad=True)
     loss, grad = _loss_and_grad(feats, torch.zeros(1, dtype=torch.long), 0.1, backend=backend_name)
     assert loss.item() == 0.0 and torch.count_nonzero(grad) == 0
 
 
-@pytest.mark.parametrize("backend_name", TORCH_BACKENDS, indirect=True)
+@pytest.mark.parametrize("backend_name", BACKENDS, indirect=True)
 def test_all_one_caption(backend_name):
     feats, _ = _inputs(20, 6, 1)
     labels = torch.full((20,), 7)
@@ -120,7 +121,7 @@ def test_all_one_caption(backend_name):
     assert_close(grad, ref_grad, **F64, name="grad")
 
 
-@pytest.mark.parametrize("backend_name", TORCH_BACKENDS, indirect=True)
+@pytest.mark.parametrize("backend_name", BACKENDS, indirect=True)
 def test_singletons_mixed_with_groups(backend_name):
     feats, _ = _inputs(12, 8, 1)
     labels = torch.tensor([100, 5, 5, 5, -3, 42, 42, 7, 8, 9, 5, 42])  # 100, -3, 7, 8, 9: singletons
@@ -133,7 +134,7 @@ def test_singletons_mixed_with_groups(backend_name):
     assert_close(loss, loss_groups_only, **F64, name="loss (anchors without positives count in N)")
 
 
-@pytest.mark.parametrize("backend_name", TORCH_BACKENDS, indirect=True)
+@pytest.mark.parametrize("backend_name", BACKENDS, indirect=True)
 @pytest.mark.parametrize("normalize", [True, False])
 def test_small_temperature_with_large_norms_is_finite_and_exact(backend_name, normalize):
     # normalize=False with norms ~30 and tau = 0.01 gives logits ~1e5: exp overflows if unstable.
@@ -198,7 +199,7 @@ def _clip_inputs(captions=5, images_per_caption=3, e=12, dtype=torch.float64):
     return image_emb, text_emb, image_labels, text_labels
 
 
-@pytest.mark.parametrize("backend_name", TORCH_BACKENDS, indirect=True)
+@pytest.mark.parametrize("backend_name", BACKENDS, indirect=True)
 def test_clip_loss_matches_reference_with_scale_gradient(backend_name):
     image_emb, text_emb, image_labels, text_labels = _clip_inputs()
     scale = torch.tensor(14.3, dtype=torch.float64, requires_grad=True)
