@@ -17,7 +17,7 @@
 namespace srf {
 namespace {
 
-constexpr int64_t MR = 4;    // rows per micro-tile
+constexpr int64_t MR = 8;    // rows per micro-tile: 8 x 2 AVX-512 accumulators (4 rows: 1.8x slower, 2-core Zen 4)
 constexpr int64_t NR = 32;   // columns per similarity micro-tile (2 AVX-512 fp32 vectors)
 constexpr int64_t DC = 32;   // features per P @ b micro-tile
 constexpr int64_t TM = 64;   // rows per task
@@ -51,7 +51,8 @@ inline double exp_nonpositive(double x) { return std::exp(x); }
 template <typename T>
 struct Packed {
   int64_t na_pad, nb_pad, dp;
-  std::vector<T> a;   // [na_pad, dp]
+  const T* a;         // [na_pad, dp]: the input itself when no padding is needed, else a_copy
+  std::vector<T> a_copy;
   std::vector<T> bt;  // b transposed in NR-column slivers: [nb_pad / NR][dp][NR]
   std::vector<T> b;   // b in DC-feature slivers: [dp / DC][nb_pad][DC] (weighted_sum only)
 };
@@ -64,13 +65,17 @@ Packed<T> pack_inputs(const MultiposProblem& p, bool need_b_slivers) {
   q.dp = round_up(p.d, DC);
   const T* a = static_cast<const T*>(p.a);
   const T* b = static_cast<const T*>(p.b);
-  q.a.assign(q.na_pad * q.dp, T(0));
   q.bt.assign(q.dp * q.nb_pad, T(0));
   if (need_b_slivers) q.b.assign(q.nb_pad * q.dp, T(0));
+  q.a = a;
+  if (q.na_pad != p.na || q.dp != p.d) {
+    q.a_copy.assign(q.na_pad * q.dp, T(0));
 #if defined(SRF_WITH_OPENMP)
 #pragma omp parallel for schedule(static)
 #endif
-  for (int64_t i = 0; i < p.na; ++i) std::copy(a + i * p.d, a + (i + 1) * p.d, q.a.data() + i * q.dp);
+    for (int64_t i = 0; i < p.na; ++i) std::copy(a + i * p.d, a + (i + 1) * p.d, q.a_copy.data() + i * q.dp);
+    q.a = q.a_copy.data();
+  }
 #if defined(SRF_WITH_OPENMP)
 #pragma omp parallel for schedule(static)
 #endif
@@ -122,7 +127,7 @@ template <typename T>
 void similarity_block(const Packed<T>& q, int64_t i0, int64_t rows, int64_t j0, int64_t jw, T* s) {
   for (int64_t r0 = 0; r0 < rows; r0 += MR)
     for (int64_t c0 = 0; c0 < jw; c0 += NR)
-      similarity_micro(q.a.data() + (i0 + r0) * q.dp, q.dp, q.bt.data() + (j0 + c0) * q.dp, s + r0 * TN + c0, TN);
+      similarity_micro(q.a + (i0 + r0) * q.dp, q.dp, q.bt.data() + (j0 + c0) * q.dp, s + r0 * TN + c0, TN);
 }
 
 // Index of the excluded column of row i, or -1.

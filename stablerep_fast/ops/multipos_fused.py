@@ -50,12 +50,15 @@ def group_ids(row_labels: torch.Tensor, col_labels: torch.Tensor) -> tuple[torch
     Sort-based with static shapes (no torch.unique), so it traces under torch.compile; the
     bound is the number of labels, not the number of distinct captions.
     """
-    labels = torch.cat([row_labels, col_labels])
+    same = row_labels is col_labels
+    labels = row_labels if same else torch.cat([row_labels, col_labels])
     sorted_labels, order = torch.sort(labels)
     starts = torch.ones_like(sorted_labels)
     starts[1:] = sorted_labels[1:] != sorted_labels[:-1]
     ids = torch.empty_like(labels)
     ids[order] = torch.cumsum(starts, 0) - 1
+    if same:
+        return ids, ids, labels.shape[0]
     n = row_labels.shape[0]
     return ids[:n], ids[n:], labels.shape[0]
 
@@ -66,29 +69,39 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _group_sums(x: torch.Tensor, ids: torch.Tensor, bound: int, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """[bound, D]: the sum (weighted by ``weight``) of the rows of ``x`` with each id."""
     xa = x.to(accumulation_dtype(x.dtype))
     sums = torch.zeros(bound, x.shape[1], dtype=xa.dtype, device=x.device)
     return sums.index_add_(0, ids, xa if weight is None else weight[:, None] * xa)
 
 
+def _positive_cols(cols, row_ids, col_ids, bound, self_offset, n) -> torch.Tensor:
+    """[n, D]: for each row, the sum of its caption's columns other than its own."""
+    out = _group_sums(cols, col_ids, bound)[row_ids]
+    if self_offset is not None:
+        out -= cols[self_offset : self_offset + n]
+    return out
+
+
 class _FusedMultiPosCE(torch.autograd.Function):
+    # Buffers are updated in place where possible: at N = 8192, D = 256 every [N, D] float32
+    # temporary is 8 MiB of a budget of O(N * D).
     @staticmethod
     def forward(ctx, rows, cols, row_ids, col_ids, bound, scale, self_offset, kernels):
         # cols=None: the columns are the rows themselves (one tensor, not passed twice, which
         # torch.compile cannot trace).
         symmetric = cols is None
         cols = rows if symmetric else cols
+        col_ids = row_ids if col_ids is None else col_ids  # None: the same labels (same reason)
         n, acc = rows.shape[0], accumulation_dtype(rows.dtype)
-        own_cols = cols[self_offset : self_offset + n].to(acc) if self_offset is not None else None
         # Static-shape count per caption (bincount's length depends on the data).
         k = torch.zeros(bound, dtype=torch.int64, device=col_ids.device).index_add_(
             0, col_ids, torch.ones_like(col_ids)
         )[row_ids]
-        positive_cols = _group_sums(cols, col_ids, bound)[row_ids]
-        if own_cols is not None:
-            k = k - 1
-            positive_cols = positive_cols - own_cols
-        positive_dot = (rows.to(acc) * positive_cols).sum(1)  # unscaled sum over P_i of a_i . b_j
+        if self_offset is not None:
+            k -= 1
+        # Unscaled sum over P_i of a_i . b_j.
+        positive_dot = _positive_cols(cols, row_ids, col_ids, bound, self_offset, n).mul_(rows).sum(1)
         lse = kernels.lse(rows, cols, scale, self_offset)
         has_positive = k > 0
         k_safe = k.clamp(min=1).to(acc)
@@ -108,26 +121,25 @@ class _FusedMultiPosCE(torch.autograd.Function):
         scale_acc = scale.to(acc)
 
         # Positive pairs: rows get -w_i sum_{j in P_i} b_j; columns get -sum_{i: j in P_i} w_i a_i.
-        positive_cols = _group_sums(cols, col_ids, ctx.bound)[row_ids]
+        rows_positive_grad = _positive_cols(cols, row_ids, col_ids, ctx.bound, self_offset, n).mul_(w[:, None])
         cols_positive_grad = _group_sums(rows, row_ids, ctx.bound, w)[col_ids]
         if self_offset is not None:
-            positive_cols = positive_cols - cols[self_offset : self_offset + n].to(acc)
-            cols_positive_grad[self_offset : self_offset + n] -= w[:, None] * rows.to(acc)
+            cols_positive_grad[self_offset : self_offset + n] -= w[:, None] * rows
 
-        grad_scale = None
         if ctx.symmetric:
-            both = kernels.weighted_sum(rows, rows, g, lse, g, lse, scale, 0)
-            grad = scale_acc * (both - w[:, None] * positive_cols - cols_positive_grad)
+            grad = kernels.weighted_sum(rows, rows, g, lse, g, lse, scale, 0)
+            grad.sub_(rows_positive_grad).sub_(cols_positive_grad).mul_(scale_acc)
             return grad.to(rows.dtype), None, None, None, None, None, None, None
-        rows_lse = kernels.weighted_sum(rows, cols, g, lse, None, None, scale, self_offset)
-        diag_t = None if self_offset is None else -self_offset
-        cols_lse = kernels.weighted_sum(cols, rows, None, None, g, lse, scale, diag_t)
-        grad_rows = scale_acc * (rows_lse - w[:, None] * positive_cols)
-        grad_cols = scale_acc * (cols_lse - cols_positive_grad)
+        grad_rows = kernels.weighted_sum(rows, cols, g, lse, None, None, scale, self_offset)
+        grad_scale = None
         if ctx.needs_input_grad[5]:
-            # dL/dscale = sum_ij (dL/ds_ij) a_i . b_j; the lse part is a_i . rows_lse_i.
-            dscale = (rows.to(acc) * rows_lse).sum() - (w * positive_dot).sum()
+            # dL/dscale = sum_ij (dL/ds_ij) a_i . b_j; the lse part is a_i . grad_rows_i (unscaled).
+            dscale = (rows.to(acc) * grad_rows).sum() - (w * positive_dot).sum()
             grad_scale = dscale.to(scale.dtype).reshape(scale.shape)
+        grad_rows.sub_(rows_positive_grad).mul_(scale_acc)
+        diag_t = None if self_offset is None else -self_offset
+        grad_cols = kernels.weighted_sum(cols, rows, None, None, g, lse, scale, diag_t)
+        grad_cols.sub_(cols_positive_grad).mul_(scale_acc)
         return grad_rows.to(rows.dtype), grad_cols.to(cols.dtype), None, None, None, grad_scale, None, None
 
 
@@ -147,7 +159,10 @@ def fused_multipos_ce(
     row_ids, col_ids, bound = group_ids(row_labels, col_labels)
     # One symmetric pass needs s = s^T (same tensor, own diagonal) and no scale gradient.
     symmetric = rows is cols and self_offset == 0 and not scale.requires_grad
-    return _FusedMultiPosCE.apply(rows, None if symmetric else cols, row_ids, col_ids, bound, scale, self_offset, kernels)
+    return _FusedMultiPosCE.apply(
+        rows, None if symmetric else cols, row_ids, None if col_ids is row_ids else col_ids, bound, scale,
+        self_offset, kernels,
+    )
 
 
 @dataclass(frozen=True)
