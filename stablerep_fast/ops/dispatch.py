@@ -1,9 +1,9 @@
 """One table of loss backends, and the rule ``backend="auto"`` follows.
 
 Every backend is an autograd-able function with one signature,
-``fn(rows, cols, row_labels, col_labels, scale, self_offset) -> scalar mean loss``
-(see ``multipos_torch`` for the exact semantics), so the public API and the distributed
-wrapper never depend on which one runs.
+``fn(rows, cols, row_labels, col_labels, scale, self_offset, group=None) -> scalar mean loss``
+(see ``multipos_torch`` for the exact semantics; ``group``: a process group over which the
+columns are gathered, see ``distributed``), so the public API never depends on which runs.
 
 Backend modules are imported on first use (Triton's interpreter, for one, must be chosen
 before its kernels are defined). A module provides the function and optionally:

@@ -1,9 +1,14 @@
 """Gathering loss inputs across ranks for the distributed multi-positive losses.
 
-Rank r's loss is the mean over its own rows against the columns of every rank (METHOD.md).
-Here the columns are gathered with ``torch.distributed.nn.functional.all_gather``, whose
-backward sums every rank's column gradients back onto the owner, as the StableRep reference
-does; local batch sizes may differ between ranks (rows are padded for the collective).
+Rank r's loss is the mean over its own rows against the columns of every rank (METHOD.md),
+and the feature gradient on each rank is W times that of the global mean loss, so DDP's
+average over ranks trains on the global mean (with equal local sizes this is exactly the
+gradient of rank r's loss summed over ranks, the StableRep reference's behaviour).
+
+The fused backends gather without autograd (``multipos_fused``); the dense reference uses
+``gathered_columns_loss``: ``torch.distributed.nn.functional.all_gather``, whose backward
+sums every rank's column gradients onto the owner. Local sizes may differ between ranks
+(rows are padded for the collectives).
 """
 
 from __future__ import annotations
@@ -45,6 +50,27 @@ def gather_rows(x: torch.Tensor, group, sizes: list[int] | None = None) -> tuple
     return torch.cat([p[:s] for p, s in zip(parts, sizes)]), sizes
 
 
-def row_offset(sizes: list[int], group) -> int:
-    """Index of this rank's first row among the gathered rows."""
-    return sum(sizes[: dist.get_rank(group)])
+class _ScaleGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, factor):
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.factor, None
+
+
+def gathered_columns_loss(local_loss, rows, cols, row_labels, col_labels, scale, self_offset, group) -> torch.Tensor:
+    """``local_loss`` (rows against columns) with every rank's columns, gathered differentiably.
+
+    The value is the mean over this rank's rows; its gradient is scaled by W * n_r / N so the
+    sum over ranks of what flows back is W times the gradient of the global mean.
+    """
+    all_cols, col_sizes = gather_rows(cols, group)
+    all_col_labels, _ = gather_rows(col_labels, group, col_sizes)
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    offset = None if self_offset is None else self_offset + sum(col_sizes[:rank])
+    row_sizes = col_sizes if rows is cols else gather_rows(row_labels, group)[1]
+    loss = local_loss(rows, all_cols, row_labels, all_col_labels, scale, offset)
+    return _ScaleGrad.apply(loss, world * rows.shape[0] / sum(row_sizes))

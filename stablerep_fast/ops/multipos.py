@@ -18,7 +18,7 @@ from torch import nn
 
 from stablerep_fast import _ext
 from stablerep_fast.ops.dispatch import LoadedBackend, resolve_backend
-from stablerep_fast.ops.distributed import active_group, gather_rows, row_offset
+from stablerep_fast.ops.distributed import active_group
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 PRECISIONS = ("tf32", "ieee")
@@ -59,12 +59,7 @@ def multipos_con_loss(
     impl = resolve_backend(backend, feats.device, feats.dtype, feats.shape[0] ** 2)
     loss_fn = _with_precision(impl, precision)
     z = _prepare(feats, normalize, impl.half_inputs)
-    group = active_group(process_group)
-    if group is None:
-        return loss_fn(z, z, labels, labels, 1.0 / tau, 0)
-    cols, sizes = gather_rows(z, group)
-    col_labels, _ = gather_rows(labels, group, sizes)
-    return loss_fn(z, cols, labels, col_labels, 1.0 / tau, row_offset(sizes, group))
+    return loss_fn(z, z, labels, labels, 1.0 / tau, 0, active_group(process_group))
 
 
 def multipos_clip_loss(
@@ -112,15 +107,8 @@ def multipos_clip_loss(
     loss_fn = _with_precision(impl, precision)
     v, t = _prepare(image_emb, normalize, impl.half_inputs), _prepare(text_emb, normalize, impl.half_inputs)
     group = active_group(process_group)
-    if group is None:
-        all_v, all_t, all_v_labels, all_t_labels = v, t, image_labels, text_labels
-    else:
-        all_v, v_sizes = gather_rows(v, group)
-        all_t, t_sizes = gather_rows(t, group)
-        all_v_labels, _ = gather_rows(image_labels, group, v_sizes)
-        all_t_labels, _ = gather_rows(text_labels, group, t_sizes)
-    image_to_text = loss_fn(v, all_t, image_labels, all_t_labels, scale, None)
-    text_to_image = loss_fn(t, all_v, text_labels, all_v_labels, scale, None)
+    image_to_text = loss_fn(v, t, image_labels, text_labels, scale, None, group)
+    text_to_image = loss_fn(t, v, text_labels, image_labels, scale, None, group)
     return 0.5 * (image_to_text + text_to_image)
 
 

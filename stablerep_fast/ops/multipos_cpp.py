@@ -80,6 +80,6 @@ def _cpp_weighted_sum(
 CPP_KERNELS = register_kernels("cpp", _cpp_lse, _cpp_weighted_sum)
 
 
-def multipos_ce_cpp(rows, cols, row_labels, col_labels, scale, self_offset) -> torch.Tensor:
+def multipos_ce_cpp(rows, cols, row_labels, col_labels, scale, self_offset, group=None) -> torch.Tensor:
     """Mean multi-positive cross-entropy with the C++ kernels (semantics: ``multipos_torch``)."""
-    return fused_multipos_ce(CPP_KERNELS, rows, cols, row_labels, col_labels, scale, self_offset)
+    return fused_multipos_ce(CPP_KERNELS, rows, cols, row_labels, col_labels, scale, self_offset, group)

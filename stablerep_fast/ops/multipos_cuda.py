@@ -101,7 +101,9 @@ def _cuda_weighted_sum(
 CUDA_KERNELS = register_kernels("cuda", _cuda_lse, _cuda_weighted_sum)
 
 
-def multipos_ce_cuda(rows, cols, row_labels, col_labels, scale, self_offset, precision: str = "tf32") -> torch.Tensor:
+def multipos_ce_cuda(
+    rows, cols, row_labels, col_labels, scale, self_offset, group=None, precision: str = "tf32"
+) -> torch.Tensor:
     """Mean multi-positive cross-entropy with the CUDA kernels (semantics: ``multipos_torch``)."""
     kernels = replace(CUDA_KERNELS, extra=(precision,))
-    return fused_multipos_ce(kernels, rows, cols, row_labels, col_labels, scale, self_offset)
+    return fused_multipos_ce(kernels, rows, cols, row_labels, col_labels, scale, self_offset, group)

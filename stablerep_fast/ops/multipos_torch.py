@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from stablerep_fast.ops.distributed import gathered_columns_loss
 from stablerep_fast.ops.multipos_fused import accumulation_dtype, fused_multipos_ce
 
 # Elements of one [chunk, M] similarity block in the chunked backend: 4M fp32 = 16 MiB.
@@ -36,8 +37,13 @@ def multipos_ce_dense(
     col_labels: torch.Tensor,
     scale: torch.Tensor | float,
     self_offset: int | None,
+    group=None,
 ) -> torch.Tensor:
-    """Reference semantics with [n, M] masks and logits; differentiable by autograd."""
+    """Reference semantics with [n, M] masks and logits; differentiable by autograd. With a
+    process ``group`` the columns of every rank are gathered differentiably, as the reference
+    does (see ``distributed.gathered_columns_loss``)."""
+    if group is not None:
+        return gathered_columns_loss(multipos_ce_dense, rows, cols, row_labels, col_labels, scale, self_offset, group)
     n, acc = rows.shape[0], accumulation_dtype(rows.dtype)
     rows, cols = rows.to(acc), cols.to(acc)
     logits = scale * (rows @ cols.T)
@@ -106,14 +112,17 @@ def multipos_ce_chunked(
     col_labels: torch.Tensor,
     scale: torch.Tensor | float,
     self_offset: int | None,
+    group=None,
     chunk_rows: int | None = None,
 ) -> torch.Tensor:
     """Memory-bounded version of :func:`multipos_ce_dense` (same value and gradients)."""
-    return fused_multipos_ce(ChunkedKernels(chunk_rows), rows, cols, row_labels, col_labels, scale, self_offset)
+    kernels = ChunkedKernels(chunk_rows)
+    return fused_multipos_ce(kernels, rows, cols, row_labels, col_labels, scale, self_offset, group)
 
 
-def multipos_ce_torch(rows, cols, row_labels, col_labels, scale, self_offset) -> torch.Tensor:
+def multipos_ce_torch(rows, cols, row_labels, col_labels, scale, self_offset, group=None) -> torch.Tensor:
     """Dense for small problems, chunked once the [n, M] logits would be large."""
-    if rows.shape[0] * cols.shape[0] <= DENSE_MAX_ELEMENTS:
-        return multipos_ce_dense(rows, cols, row_labels, col_labels, scale, self_offset)
-    return multipos_ce_chunked(rows, cols, row_labels, col_labels, scale, self_offset)
+    world = 1 if group is None else torch.distributed.get_world_size(group)
+    if rows.shape[0] * cols.shape[0] * world <= DENSE_MAX_ELEMENTS:
+        return multipos_ce_dense(rows, cols, row_labels, col_labels, scale, self_offset, group)
+    return multipos_ce_chunked(rows, cols, row_labels, col_labels, scale, self_offset, group)

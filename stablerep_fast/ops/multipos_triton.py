@@ -289,10 +289,12 @@ def multipos_ce_triton(
     col_labels: torch.Tensor,
     scale: torch.Tensor | float,
     self_offset: int | None,
+    group=None,
     precision: str = "tf32",
 ) -> torch.Tensor:
     """The fused loss (see multipos_torch for the semantics) on the Triton kernels."""
-    return fused_multipos_ce(triton_kernels(precision), rows, cols, row_labels, col_labels, scale, self_offset)
+    kernels = triton_kernels(precision)
+    return fused_multipos_ce(kernels, rows, cols, row_labels, col_labels, scale, self_offset, group)
 
 
 def unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
