@@ -8,6 +8,7 @@ over ms, on GPUs whose peak is known).
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 from dataclasses import asdict, dataclass
 
@@ -21,6 +22,9 @@ from stablerep_fast.ops.multipos import multipos_con_loss
 TENSOR_CORE_PEAK = {"H100": 790e12, "H200": 790e12}
 # Backends worth timing: "torch" only re-dispatches to "reference" or "chunked".
 DISPATCHERS = ("torch",)
+# A baseline beside the backends: torch.compile of the dense reference (compiled once per
+# shape in the warm-up, so compile time is not in the timing).
+COMPILED_REFERENCE = "reference-compiled"
 
 
 @dataclass(frozen=True)
@@ -56,14 +60,23 @@ def run_case(case: LossCase) -> dict:
     feats = torch.randn(case.n, case.d, device=device, dtype=getattr(torch, case.dtype), requires_grad=True)
     labels = torch.arange(case.n, device=device) // case.captions_per_image
 
+    compiled = case.backend == COMPILED_REFERENCE
+    backend = "reference" if compiled else case.backend
+    loss_fn = functools.partial(multipos_con_loss, temperature=case.temperature, backend=backend)
+    if compiled:
+        loss_fn = torch.compile(loss_fn, dynamic=False)
+
     def step():
         feats.grad = None
-        multipos_con_loss(feats, labels, case.temperature, backend=case.backend).backward()
+        loss_fn(feats, labels).backward()
 
-    # One tiny call first: lazy imports and op registration are not the operation's memory.
-    tiny = feats[:8].detach().clone().requires_grad_()
+    # A first call outside the measurement: lazy imports, op registration and compilation are
+    # not the operation's memory (eager backends warm up on a tiny input, so a CPU process's
+    # resident set is not already inflated by the full-size run).
+    warm_rows = case.n if compiled else 8
+    tiny = feats[:warm_rows].detach().clone().requires_grad_()
     try:
-        multipos_con_loss(tiny, labels[:8], case.temperature, backend=case.backend).backward()
+        loss_fn(tiny, labels[:warm_rows]).backward()
     except (RuntimeError, ValueError):
         pass  # an unavailable backend is reported by the measured call below
 
@@ -90,14 +103,12 @@ def run_case_isolated(case: LossCase) -> dict:
 
 
 def loss_backends(device: torch.device, dtype: torch.dtype, names: list[str] | None = None) -> list[str]:
-    """Backends to time: the given names, or every available one but the dispatchers."""
+    """Backends to time: the given names, or every available one but the dispatchers, plus
+    the compiled reference on GPUs (on CPU, inductor's C++ build takes minutes: ask for it)."""
     if names is not None:
         return names
-    return [
-        name
-        for name in BACKENDS
-        if name not in DISPATCHERS and unavailable_reason(name, device, dtype) is None
-    ]
+    available = [n for n in BACKENDS if n not in DISPATCHERS and unavailable_reason(n, device, dtype) is None]
+    return available + ([COMPILED_REFERENCE] if device.type == "cuda" else [])
 
 
 def run_loss_suite(
