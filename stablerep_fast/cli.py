@@ -1,6 +1,6 @@
 """``stablerep-fast``: the only place that parses command-line arguments.
 
-Subcommands are added by the stages that implement them; today: ``bench``.
+Subcommands are added by the stages that implement them; today: ``bench``, ``generate``.
 """
 
 from __future__ import annotations
@@ -84,10 +84,63 @@ def _run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_generate(subparsers) -> None:
+    from stablerep_fast.generate.config import BACKEND_CHOICES, DTYPE_CHOICES, IMAGE_FORMATS, GenerateConfig
+    from stablerep_fast.generate.seeds import VIEWS
+
+    d = GenerateConfig(captions=Path(), out=Path())  # the defaults
+    p = subparsers.add_parser("generate", help="captions -> K images per caption -> resumable WebDataset shards")
+    p.add_argument("--captions", type=Path, required=True, help=".txt (one per line), .csv/.tsv/.parquet (a caption column) or .jsonl")
+    p.add_argument("--caption-column", default=None, help="caption column of a table (default: caption/text/prompt/title)")
+    p.add_argument("--model", default=d.model, help="'shapes' (procedural, no weights), a diffusers folder or a single-file checkpoint")
+    p.add_argument("--out", type=Path, required=True, help="output folder (re-running resumes)")
+    p.add_argument("--images-per-caption", type=int, default=d.images_per_caption, metavar="K")
+    p.add_argument("--steps", type=int, default=d.steps, help="DDIM steps")
+    p.add_argument("--guidance", type=float, default=d.guidance, help="classifier-free guidance scale")
+    p.add_argument("--resolution", type=int, default=d.resolution, help="generated size in pixels")
+    p.add_argument("--save-size", type=int, default=d.save_size, help="saved size in pixels")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="captions per call (x K images)")
+    p.add_argument("--shard-size", type=int, default=d.shard_size, help="captions per shard")
+    p.add_argument("--world-size", type=int, default=None, help="default: WORLD_SIZE or SLURM_NTASKS, else 1")
+    p.add_argument("--rank", type=int, default=None, help="default: RANK or SLURM_PROCID, else 0")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default=d.dtype, help="auto: float16 on GPU, float32 on CPU")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default=d.backend)
+    p.add_argument("--format", dest="image_format", choices=IMAGE_FORMATS, default=d.image_format)
+    p.add_argument("--quality", type=int, default=d.quality, help="JPEG quality")
+    p.add_argument("--views", choices=VIEWS, default=d.views, help="latent-neighbors: K noises around one anchor")
+    p.add_argument("--latent-std", type=float, default=d.latent_std, metavar="SIGMA")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=_run_generate)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from stablerep_fast.generate import GenerateConfig, GenerateError, generate
+
+    config = GenerateConfig(**{f.name: getattr(args, f.name) for f in fields(GenerateConfig)})
+    try:
+        summary = generate(config)
+    except GenerateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if summary.duplicates:
+        print(f"note: {summary.duplicates} duplicate captions (kept, each with its own index)")
+    print(
+        f"rank {summary.rank}/{summary.world_size}: {summary.images} images of {summary.captions} captions in "
+        f"{summary.shards_written} shards, {summary.seconds:.1f} s ({summary.images_per_second:.2f} images/s, "
+        f"{summary.model}, backend {summary.backend}); {summary.shards_skipped} shards already done -> {summary.out}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stablerep-fast", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_bench(subparsers)
+    _add_generate(subparsers)
     return parser
 
 

@@ -1,0 +1,114 @@
+"""Training data: shards -> batches of n captions x m images per caption.
+
+    build_loader      the loader (backends "dali", "torch", "auto")
+    open_index        the shard index both backends read through (captions, their images)
+    GroupSampler      the n x m-of-K sampler both backends share
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from typing import Sequence
+
+import torch
+
+from stablerep_fast.data.augment import AUGMENTS, get_augment
+from stablerep_fast.data.index import ShardError, ShardIndex, open_index
+from stablerep_fast.data.loader import GroupLoader, SkipCounts
+from stablerep_fast.data.sampler import GroupSampler
+
+log = logging.getLogger("stablerep_fast.data")
+
+BACKENDS = ("dali", "torch")
+
+
+def available_backends() -> list[str]:
+    """The loader backends installed here (the torch one always is)."""
+    return [name for name in BACKENDS if name == "torch" or importlib.util.find_spec("nvidia.dali") is not None]
+
+
+def build_loader(
+    shards: str | os.PathLike | Sequence[str | os.PathLike],
+    captions_per_batch: int,
+    images_per_caption: int,
+    image_size: int = 224,
+    backend: str = "auto",
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int | None = None,
+    augment: str = "stablerep",
+) -> GroupLoader:
+    """A loader of StableRep batches from generated shards.
+
+    shards:              a shard folder, a list of folders generated from the same captions with
+                         different seeds (images pooled per caption), or a brace pattern over
+                         folders or tars ("out/seed{0..3}", "out/shard-{000000..000099}.tar")
+    captions_per_batch:  n, captions per batch on this rank
+    images_per_caption:  m, images per caption, drawn without replacement from its K
+    image_size:          S, the side of the square crops
+    backend:             "dali", "torch", or "auto" (dali on a GPU when installed, else torch)
+    device:              where batches land; None = "cuda" when a GPU is visible, else "cpu"
+    seed:                shuffling, choice of the m images, augmentation randomness
+    rank, world_size:    ranks get disjoint captions and the same number of batches
+    num_workers:         DataLoader workers (torch) or DALI threads; None = min(8, CPUs)
+    augment:             "stablerep" (the paper's recipe) or "none" (resize + centre crop)
+
+    Iterating yields images [n*m, 3, S, S] float32 normalised on ``device`` and labels [n*m]
+    int64 caption ids, view-major (``labels == labels[:n].repeat(m)``); one pass is one epoch
+    from the current position. ``len()``, ``step``, ``epoch``, ``state_dict()`` and
+    ``load_state_dict()`` give the position; ``skipped`` counts corrupt images and left-out
+    captions. Captions with fewer than m images are left out of the sampling.
+    """
+    device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    backend = _resolve_backend(backend, device)
+    options = _check_inputs(image_size, augment, num_workers)
+    index = open_index(shards)
+    sampler = GroupSampler(
+        index.images_per_caption(), captions_per_batch, images_per_caption, seed=seed, rank=rank, world_size=world_size
+    )
+    if len(sampler.eligible) < len(index):
+        left_out = len(index) - len(sampler.eligible)
+        log.warning("%d captions have fewer than %d images and are never sampled", left_out, images_per_caption)
+    if backend == "dali":
+        from stablerep_fast.data.dali_loader import DaliLoader as Loader
+    else:
+        from stablerep_fast.data.torch_loader import TorchLoader as Loader
+    return Loader(index, sampler, device=device, **options)
+
+
+def _resolve_backend(backend: str, device: torch.device) -> str:
+    if backend == "auto":
+        return "dali" if device.type == "cuda" and "dali" in available_backends() else "torch"
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {['auto', *BACKENDS]}")
+    if backend not in available_backends():
+        raise RuntimeError(f"backend {backend!r} needs NVIDIA DALI: pip install 'stablerep_fast[dali]'")
+    return backend
+
+
+def _check_inputs(image_size: int, augment: str, num_workers: int | None) -> dict:
+    if image_size < 1:
+        raise ValueError(f"image_size must be >= 1, got {image_size}")
+    if num_workers is None:
+        num_workers = min(8, len(os.sched_getaffinity(0)))
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    return dict(image_size=image_size, augment=get_augment(augment), num_workers=num_workers)
+
+
+__all__ = [
+    "AUGMENTS",
+    "BACKENDS",
+    "GroupLoader",
+    "GroupSampler",
+    "ShardError",
+    "ShardIndex",
+    "SkipCounts",
+    "available_backends",
+    "build_loader",
+    "open_index",
+]

@@ -1,0 +1,230 @@
+"""The one module that reads shards: list them, read ``dataset.json``, find each caption's images.
+
+A shard folder, as ``stablerep_fast.generate`` writes it, holds ``dataset.json`` (the generation
+config) and ``shard-XXXXXX.tar`` files, each with a DALI index ``shard-XXXXXX.idx`` (wds2idx v1.2)
+beside it and, written last, a done marker ``shard-XXXXXX.done.json`` recording the tar's size
+in ``bytes``. A tar holds one sample per caption: ``KEY.json``
+(caption, caption index, seeds, ...), ``KEY.txt`` and ``KEY.0.jpg`` ... ``KEY.{K-1}.jpg``.
+
+``open_index`` takes a folder, a list of folders generated from the same captions with different
+seeds (their images are pooled per caption), or a brace pattern over folders or tars. Images are
+byte ranges inside the tars, so a loader reads exactly the members it decodes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tarfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+log = logging.getLogger("stablerep_fast.data")
+
+DATASET_FILE = "dataset.json"
+SHARD_GLOB = "shard-*.tar"
+DONE_SUFFIX = ".done.json"  # {"bytes": tar size, counts, seconds}, written after the tar is complete
+INDEX_SUFFIX = ".idx"
+INDEX_VERSION = "v1.2"  # wds2idx: "v1.2 SAMPLES", then per sample "EXT OFFSET SIZE NAME" repeated
+
+
+class ShardError(RuntimeError):
+    """A shard that cannot be read (truncated, unreadable index); the message names its path."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One tar member as a byte range: ``path`` (the tar), data ``offset`` and ``size``, ``name``."""
+
+    path: str
+    offset: int
+    size: int
+    name: str
+
+    def read(self) -> bytes:
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            return f.read(self.size)
+
+
+@dataclass
+class Caption:
+    caption_id: int  # global: the caption's index in the captions file
+    images: list[Member]  # pooled over all folders, in folder order then k
+    meta: Member  # KEY.json of the first folder
+
+    def info(self) -> dict:
+        """The generation record ``KEY.json`` (caption text, seeds, ...)."""
+        return json.loads(self.meta.read())
+
+
+@dataclass
+class ShardIndex:
+    captions: list[Caption]  # sorted by caption_id
+    configs: list[dict]  # dataset.json of each folder
+    shards: list[str]
+    missing_members: int = 0  # images dataset.json promises but no tar holds
+    skipped_shards: list[str] = field(default_factory=list)  # truncated or unfinished
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def images_per_caption(self) -> list[int]:
+        return [len(c.images) for c in self.captions]
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """``a{0..2}b{x,y}`` -> a0bx a0by a1bx ...; numeric ranges keep zero padding (``{000..010}``)."""
+    match = re.search(r"\{([^{}]*)\}", pattern)
+    if match is None:
+        return [pattern]
+    head, body, tail = pattern[: match.start()], match.group(1), pattern[match.end() :]
+    numeric = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if numeric:
+        lo, hi = numeric.groups()
+        width = len(lo) if lo.startswith("0") else 0
+        options = [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
+    else:
+        options = body.split(",")
+    return [expanded for option in options for expanded in expand_braces(head + option + tail)]
+
+
+def open_index(shards: str | os.PathLike | Sequence[str | os.PathLike]) -> ShardIndex:
+    """Index ``shards`` (folder, list of folders, or brace pattern over folders or tars)."""
+    folders = _tars_by_folder(shards)
+    by_caption: dict[int, Caption] = {}
+    index = ShardIndex(captions=[], configs=[], shards=[])
+    for folder, tars in folders.items():
+        config = read_config(folder)
+        _check_same_captions(index.configs, config, folder)
+        index.configs.append(config)
+        for tar in tars:
+            try:
+                samples = _read_shard(tar)
+            except ShardError as exc:
+                log.error("skipping shard: %s", exc)
+                index.skipped_shards.append(tar)
+                continue
+            index.shards.append(tar)
+            index.missing_members += _add_samples(by_caption, samples, config, tar)
+    index.captions = [by_caption[i] for i in sorted(by_caption)]
+    if not index.captions:
+        raise ValueError(f"no readable shards in {shards!r}")
+    return index
+
+
+def read_config(folder: str | os.PathLike) -> dict:
+    """``folder/dataset.json``: the generation config (K = ``images_per_caption``, ``image_format``)."""
+    path = Path(folder) / DATASET_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {folder} a folder written by stablerep_fast.generate?")
+    return json.loads(path.read_text())
+
+
+def _check_same_captions(configs: list[dict], config: dict, folder: str) -> None:
+    """Folders are pooled per caption id, which only means something for the same captions."""
+    if configs and configs[0].get("captions_sha256") != config.get("captions_sha256"):
+        raise ValueError(f"{folder} was generated from other captions than the folders before it (captions_sha256 differs)")
+
+
+def _tars_by_folder(shards) -> dict[str, list[str]]:
+    """The finished tars to read, grouped by the folder that holds their dataset.json."""
+    if isinstance(shards, (str, os.PathLike)):
+        paths = expand_braces(os.fspath(shards))
+    else:
+        paths = [os.fspath(p) for p in shards]
+    folders: dict[str, list[str]] = defaultdict(list)
+    for path in paths:
+        if os.path.isdir(path):
+            folders[path].extend(_finished(sorted(str(p) for p in Path(path).glob(SHARD_GLOB))))
+        elif os.path.isfile(path) and path.endswith(".tar"):
+            folders[os.path.dirname(path) or "."].extend(_finished([path]))
+        else:
+            raise FileNotFoundError(f"{path}: neither a shard folder nor a .tar file")
+    return folders
+
+
+def _finished(tars: Iterable[str]) -> list[str]:
+    """Tars whose done marker exists; the others are reported and left out."""
+    done = []
+    for tar in tars:
+        if os.path.exists(_sibling(tar, DONE_SUFFIX)):
+            done.append(tar)
+        else:
+            log.warning("skipping %s: no done marker (generation unfinished?)", tar)
+    return done
+
+
+def _sibling(tar: str, suffix: str) -> str:
+    return tar[: -len(".tar")] + suffix
+
+
+def _read_shard(tar: str) -> dict[str, dict[str, Member]]:
+    """{key: {extension: Member}} from the shard's .idx (or a tar scan without one), size-checked."""
+    tar_size = os.path.getsize(tar)
+    recorded = json.loads(Path(_sibling(tar, DONE_SUFFIX)).read_text()).get("bytes", tar_size)
+    if tar_size != recorded:
+        raise ShardError(f"truncated tar {tar}: {tar_size} bytes, its done marker records {recorded}")
+    idx = _sibling(tar, INDEX_SUFFIX)
+    entries = _read_idx(idx, tar) if os.path.exists(idx) else _scan_tar(tar)
+    samples: dict[str, dict[str, Member]] = defaultdict(dict)
+    for member in entries:
+        if member.offset + member.size > tar_size:
+            raise ShardError(f"truncated tar {tar}: {member.name} ends at byte {member.offset + member.size} > {tar_size}")
+        base = os.path.basename(member.name)
+        key, _, ext = base.partition(".")  # DALI's rule: the extension is all after the first dot
+        samples[key][ext] = member
+    return samples
+
+
+def _read_idx(idx: str, tar: str) -> list[Member]:
+    with open(idx) as f:
+        header = f.readline().split()
+        if len(header) != 2 or header[0] != INDEX_VERSION:
+            raise ShardError(f"{idx}: expected a wds2idx {INDEX_VERSION} index, header is {header}")
+        members = []
+        for line in f:
+            fields = line.split()
+            for i in range(0, len(fields), 4):
+                ext, offset, size, name = fields[i : i + 4]
+                members.append(Member(tar, int(offset), int(size), name))
+    return members
+
+
+def _scan_tar(tar: str) -> list[Member]:
+    try:
+        with tarfile.open(tar) as archive:
+            members = [Member(tar, m.offset_data, m.size, m.name) for m in archive if m.isfile()]
+            end = archive.offset
+    except (tarfile.TarError, EOFError) as exc:
+        raise ShardError(f"truncated or unreadable tar {tar}: {exc}") from exc
+    with open(tar, "rb") as f:  # tarfile stops quietly at a cut between members: check the end blocks
+        f.seek(end)
+        if f.read(2 * tarfile.BLOCKSIZE) != bytes(2 * tarfile.BLOCKSIZE):
+            raise ShardError(f"truncated tar {tar}: no end-of-archive blocks after byte {end}")
+    return members
+
+
+def _add_samples(by_caption: dict[int, Caption], samples: dict[str, dict[str, Member]], config: dict, tar: str) -> int:
+    """Pool the images of ``samples`` into ``by_caption``; returns how many promised images are missing."""
+    expected, image_format = int(config["images_per_caption"]), config["image_format"]
+    missing = 0
+    for key, members in samples.items():
+        if "json" not in members:
+            log.warning("%s: sample %s has no %s.json, skipped", tar, key, key)
+            missing += expected
+            continue
+        images = [members.get(f"{k}.{image_format}") for k in range(expected)]
+        absent = [k for k, member in enumerate(images) if member is None]
+        if absent:
+            log.warning("%s: sample %s lacks images %s", tar, key, absent)
+            missing += len(absent)
+        meta = members["json"]
+        caption_id = int(json.loads(meta.read())["caption_index"])
+        caption = by_caption.setdefault(caption_id, Caption(caption_id, [], meta))
+        caption.images.extend(member for member in images if member is not None)
+    return missing

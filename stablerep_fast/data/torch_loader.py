@@ -1,0 +1,81 @@
+"""The torch backend: DataLoader workers read, decode (PIL) and augment (torchvision transforms
+v2) whole batches as uint8; the main process moves them to the device and normalises
+there, so the workers ship a quarter of the bytes and the arithmetic runs where the batch goes."""
+
+from __future__ import annotations
+
+import io
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2 as T
+
+from stablerep_fast.data.augment import MEAN, STD, Augment
+from stablerep_fast.data.index import ShardIndex
+from stablerep_fast.data.loader import GroupLoader, SkipCounts, read_batch
+from stablerep_fast.data.sampler import GroupBatch
+
+
+def build_transform(augment: Augment, size: int) -> T.Compose:
+    """uint8 [3, H, W] -> uint8 [3, size, size]."""
+    if not augment.random:
+        return T.Compose([T.Resize(size, antialias=True), T.CenterCrop(size)])
+    jitter = T.ColorJitter(augment.brightness, augment.contrast, augment.saturation, augment.hue)
+    blur = T.GaussianBlur(Augment.blur_kernel(size), augment.blur_sigma)
+    return T.Compose(
+        [
+            T.RandomResizedCrop(size, scale=augment.crop_scale, ratio=augment.crop_ratio, antialias=True),
+            T.RandomApply([jitter], p=augment.jitter_p),
+            T.RandomGrayscale(p=augment.grayscale_p),
+            T.RandomApply([blur], p=augment.blur_p),
+            T.RandomHorizontalFlip(p=augment.flip_p),
+        ]
+    )
+
+
+def decode(data: bytes) -> torch.Tensor | None:
+    """uint8 [3, H, W] RGB, or None when the bytes do not decode."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            pixels = np.array(image.convert("RGB"))  # writable, as torch wants
+    except (OSError, SyntaxError, ValueError):  # PIL's errors for unreadable or damaged files
+        return None
+    return torch.from_numpy(pixels).permute(2, 0, 1)
+
+
+class _Batches(Dataset):
+    """Maps a GroupBatch to (uint8 images [n*m, 3, S, S], labels [n*m], SkipCounts)."""
+
+    def __init__(self, index: ShardIndex, views: int, transform: T.Compose):
+        self.index, self.views, self.transform = index, views, transform
+
+    def __getitem__(self, batch: GroupBatch) -> tuple[torch.Tensor, torch.Tensor, SkipCounts]:
+        torch.manual_seed(batch.seed)  # the same augmentations whichever worker runs the batch
+        images, labels, counts = read_batch(self.index, batch, self.views, decode)
+        return torch.stack([self.transform(image) for image in images]), torch.from_numpy(labels), counts
+
+
+def _as_is(sample):
+    return sample
+
+
+class TorchLoader(GroupLoader):
+    def _run(self, batches: Iterator[GroupBatch]) -> Iterator[tuple[torch.Tensor, torch.Tensor, SkipCounts]]:
+        dataset = _Batches(self.index, self.sampler.m, build_transform(self.augment, self.image_size))
+        workers = DataLoader(
+            dataset,
+            sampler=batches,
+            batch_size=None,
+            collate_fn=_as_is,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            prefetch_factor=2 if self.num_workers else None,
+        )
+        mean = torch.tensor(MEAN, device=self.device).view(1, 3, 1, 1) * 255
+        std = torch.tensor(STD, device=self.device).view(1, 3, 1, 1) * 255
+        for images, labels, counts in workers:
+            images = images.to(self.device, non_blocking=True).float().sub_(mean).div_(std)
+            yield images, labels.to(self.device, non_blocking=True), counts

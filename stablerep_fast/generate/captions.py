@@ -1,0 +1,104 @@
+"""Caption files: .txt (one per line), .csv/.tsv and .parquet (a caption column), .jsonl.
+
+Blank captions are skipped and duplicates are kept but counted; a caption's index is its
+position after the blanks are removed. That index names the sample, seeds its noise and is
+the label the loader gives its images.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from stablerep_fast.generate.config import GenerateError
+
+# Column (or JSON key) names tried, in order, when a file has several and none is named.
+CAPTION_COLUMNS = ("caption", "text", "prompt", "title")
+SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl", ".parquet")
+
+
+@dataclass(frozen=True)
+class Captions:
+    texts: list[str]
+    duplicates: int  # captions equal to an earlier one (kept, each with its own index)
+    sha256: str  # of the captions themselves, so a moved or re-encoded file still matches
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def read_captions(path: str | Path, column: str | None = None) -> Captions:
+    """The captions of ``path``; ``column`` names the caption column of a table (default:
+    the only column, else the first of CAPTION_COLUMNS present). Raises GenerateError when the
+    file is missing, unreadable, of an unknown type or holds no caption."""
+    path = Path(path)
+    if path.suffix.lower() not in SUFFIXES:
+        raise GenerateError(f"captions file {path}: unknown type {path.suffix!r}; use one of {', '.join(SUFFIXES)}")
+    try:
+        raw = _READERS[path.suffix.lower()](path, column)
+    except GenerateError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError, csv.Error) as exc:
+        raise GenerateError(f"cannot read captions file {path}: {exc}") from exc
+    texts = [" ".join(str(text).split()) for text in raw if text is not None]
+    texts = [text for text in texts if text]
+    if not texts:
+        raise GenerateError(f"captions file {path} holds no caption")
+    duplicates = sum(count - 1 for count in Counter(texts).values())
+    sha256 = hashlib.sha256("\n".join(texts).encode()).hexdigest()
+    return Captions(texts, duplicates, sha256)
+
+
+def _pick_column(names: list[str], column: str | None, path: Path) -> str:
+    if column is not None:
+        if column not in names:
+            raise GenerateError(f"captions file {path}: no column {column!r} (columns: {names})")
+        return column
+    if len(names) == 1:
+        return names[0]
+    for name in CAPTION_COLUMNS:
+        if name in names:
+            return name
+    raise GenerateError(f"captions file {path}: no caption column among {names}; name one of {list(CAPTION_COLUMNS)}")
+
+
+def _read_txt(path: Path, column: str | None) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def _read_table(path: Path, column: str | None) -> list[str]:
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        name = _pick_column(list(reader.fieldnames or []), column, path)
+        return [row[name] for row in reader]
+
+
+def _read_jsonl(path: Path, column: str | None) -> list[str]:
+    texts = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        texts.append(record[_pick_column(list(record), column, path)] if isinstance(record, dict) else record)
+    return texts
+
+
+def _read_parquet(path: Path, column: str | None) -> list[str]:
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(path).names
+    name = _pick_column(names, column, path)
+    return pq.read_table(path, columns=[name]).column(name).to_pylist()
+
+
+_READERS = {
+    ".txt": _read_txt,
+    ".csv": _read_table,
+    ".tsv": _read_table,
+    ".jsonl": _read_jsonl,
+    ".parquet": _read_parquet,
+}

@@ -1,0 +1,90 @@
+"""The generation settings, one dataclass; defaults follow the StableRep recipe."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from stablerep_fast.generate.seeds import VIEWS
+
+BACKEND_CHOICES = ("auto", "eager", "compile", "tensorrt")
+DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
+IMAGE_FORMATS = ("jpg", "png")
+
+# Settings that change the images or the layout; recorded in dataset.json and required to
+# match on resume. The others (batch size, farm split, device, dtype, backend) only change
+# float round-off or who does the work.
+DATASET_FIELDS = (
+    "model",
+    "images_per_caption",
+    "steps",
+    "guidance",
+    "resolution",
+    "save_size",
+    "seed",
+    "shard_size",
+    "image_format",
+    "quality",
+    "views",
+    "latent_std",
+)
+
+
+class GenerateError(Exception):
+    """A problem with the user's input or environment, reported as one line (no traceback)."""
+
+
+@dataclass
+class GenerateConfig:
+    """Everything ``generate`` needs. ``world_size``/``rank`` None: from torchrun/Slurm env;
+    ``device`` None: cuda when available; ``dtype`` "auto": float16 on GPU, float32 on CPU."""
+
+    captions: Path
+    out: Path
+    model: str = "shapes"  # "shapes", a diffusers folder or a single-file checkpoint
+    images_per_caption: int = 10
+    steps: int = 50
+    guidance: float = 2.0
+    resolution: int = 512
+    save_size: int = 256
+    seed: int = 0
+    batch_size: int = 4  # captions per call: B * K images (x2 with guidance) per UNet step
+    shard_size: int = 1000  # captions per shard
+    world_size: int | None = None
+    rank: int | None = None
+    device: str | None = None
+    dtype: str = "auto"
+    backend: str = "auto"
+    image_format: str = "jpg"
+    quality: int = 95  # JPEG quality
+    views: str = "independent"
+    latent_std: float = 0.5  # sigma of --views latent-neighbors
+    caption_column: str | None = None
+    progress: bool = True
+
+    def validate(self) -> None:
+        """Raise GenerateError naming the first bad setting."""
+        checks = [
+            (self.images_per_caption >= 1, f"images per caption must be >= 1, got {self.images_per_caption}"),
+            (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
+            (self.guidance >= 0, f"guidance must be >= 0, got {self.guidance}"),
+            (self.resolution >= 8 and self.resolution % 8 == 0, f"resolution must be a positive multiple of 8, got {self.resolution}"),
+            (1 <= self.save_size <= self.resolution, f"save size must be in [1, resolution={self.resolution}], got {self.save_size}"),
+            (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
+            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
+            (self.shard_size >= 1, f"shard size must be >= 1, got {self.shard_size}"),
+            (self.world_size is None or self.world_size >= 1, f"world size must be >= 1, got {self.world_size}"),
+            (self.backend in BACKEND_CHOICES, f"backend must be one of {BACKEND_CHOICES}, got {self.backend!r}"),
+            (self.dtype in DTYPE_CHOICES, f"dtype must be one of {DTYPE_CHOICES}, got {self.dtype!r}"),
+            (self.image_format in IMAGE_FORMATS, f"format must be one of {IMAGE_FORMATS}, got {self.image_format!r}"),
+            (1 <= self.quality <= 100, f"quality must be in [1, 100], got {self.quality}"),
+            (self.views in VIEWS, f"views must be one of {VIEWS}, got {self.views!r}"),
+            (self.latent_std > 0, f"latent std must be > 0, got {self.latent_std}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise GenerateError(message)
+
+    def dataset_fields(self) -> dict:
+        """The settings dataset.json records (see DATASET_FIELDS)."""
+        return {name: asdict(self)[name] for name in DATASET_FIELDS}

@@ -1,0 +1,160 @@
+"""Stable Diffusion for StableRep: B captions x K given noises -> B x K images per call.
+
+Reads like a diffusers pipeline (named components, ``__call__`` in numbered steps) but takes
+the initial noise as input, so every image is reproducible from its own seed, and runs its
+networks through a swappable backend (``backends.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from stablerep_fast.generate.backends import resolve_backend
+from stablerep_fast.generate.config import GenerateError
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
+
+@dataclass
+class GenerationOutput:
+    images: np.ndarray  # uint8 [B, K, S, S, 3]
+
+
+def to_uint8_images(images: torch.Tensor, size: int) -> np.ndarray:
+    """images: float [N, 3, H, W] in [0, 1] -> uint8 [N, size, size, 3] (antialiased bicubic)."""
+    if images.shape[-1] != size or images.shape[-2] != size:
+        images = F.interpolate(images, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+    images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+    return images.permute(0, 2, 3, 1).cpu().numpy()
+
+
+class StableRepPipeline:
+    """Text-to-image with classifier-free guidance and any diffusers scheduler (DDIM, eta 0,
+    by default). Components: tokenizer, text_encoder, unet, vae, scheduler."""
+
+    def __init__(self, tokenizer, text_encoder, unet, vae, scheduler, *, model_id: str = "", backend: str = "auto"):
+        self.tokenizer = tokenizer
+        self.scheduler = scheduler
+        self.vae = vae
+        self.model_id = model_id
+        self.device = unet.device
+        self.dtype = unet.dtype
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        # The UNet halves the latent once per down block but the last.
+        self.latent_multiple = 2 ** (len(unet.config.block_out_channels) - 1)
+        for module in (text_encoder, unet, vae):
+            module.eval().requires_grad_(False)
+        spec = resolve_backend(backend, self.device)
+        self.backend = spec.name
+        self.runner = spec.factory(text_encoder, unet, vae)
+        self._empty_context: torch.Tensor | None = None
+
+    @classmethod
+    def from_pretrained(
+        cls, model: str | Path, *, device: torch.device, dtype: torch.dtype, backend: str = "auto"
+    ) -> StableRepPipeline:
+        """Load a local diffusers Stable Diffusion folder or single-file checkpoint (offline),
+        with its scheduler replaced by DDIM (eta 0, the recipe's sampler)."""
+        from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+        path = Path(model)
+        kwargs = dict(dtype=dtype, local_files_only=True, safety_checker=None, requires_safety_checker=False)
+        if path.is_dir():
+            if not (path / "model_index.json").is_file():
+                raise GenerateError(f"model folder {path} is not a diffusers pipeline (no model_index.json)")
+            load = StableDiffusionPipeline.from_pretrained
+        elif path.is_file() and path.suffix in SINGLE_FILE_SUFFIXES:
+            load = StableDiffusionPipeline.from_single_file
+        else:
+            raise GenerateError(
+                f"--model {model}: not 'shapes', a diffusers folder or a {'/'.join(SINGLE_FILE_SUFFIXES)} checkpoint"
+            )
+        try:
+            sd = load(str(path), **kwargs)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise GenerateError(f"cannot load Stable Diffusion model {path}: {first_line}") from exc
+        sd.to(device)
+        return cls(
+            sd.tokenizer,
+            sd.text_encoder,
+            sd.unet,
+            sd.vae,
+            DDIMScheduler.from_config(sd.scheduler.config),
+            model_id=str(model),
+            backend=backend,
+        )
+
+    def latent_shape(self, resolution: int) -> tuple[int, ...]:
+        """Shape of one image's initial noise at ``resolution`` pixels."""
+        side = resolution // self.vae_scale_factor
+        return (self.vae.config.latent_channels, side, side)
+
+    def check_resolution(self, resolution: int) -> None:
+        multiple = self.vae_scale_factor * self.latent_multiple
+        if resolution % multiple != 0:
+            raise GenerateError(f"resolution must be a multiple of {multiple} for this model, got {resolution}")
+
+    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+        """prompts: B strings -> text embeddings [B, L, D] in the model dtype."""
+        input_ids = self.tokenizer(
+            prompts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
+        return self.runner.encode_text(input_ids.to(self.device))
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        prompts: list[str],
+        latents: torch.Tensor,
+        *,
+        resolution: int,
+        output_size: int,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 2.0,
+    ) -> GenerationOutput:
+        """prompts: B captions; latents: initial noise [B, K, C, h, w] (standard normal) ->
+        images uint8 [B, K, output_size, output_size, 3]. Guidance: eps = eps_uncond +
+        guidance_scale * (eps_cond - eps_uncond); 1 means no unconditional pass."""
+        # 1. Check inputs.
+        self.check_resolution(resolution)
+        expected = (len(prompts), *self.latent_shape(resolution))
+        if latents.dim() != 5 or (latents.shape[0], *latents.shape[2:]) != expected:
+            raise ValueError(f"latents must be [{expected[0]}, K, {', '.join(map(str, expected[1:]))}], got {tuple(latents.shape)}")
+        batch, k = latents.shape[:2]
+        guided = guidance_scale != 1.0
+
+        # 2. Encode the prompts (and the empty prompt once), one context row per image.
+        context = self.encode_prompt(prompts).repeat_interleave(k, dim=0)
+        if guided:
+            if self._empty_context is None:
+                self._empty_context = self.encode_prompt([""])
+            empty = self._empty_context.expand(batch * k, -1, -1)
+            context = torch.cat([empty, context])
+
+        # 3. Prepare the latents: float32 for the scheduler's arithmetic, the model dtype for the UNet.
+        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        x = latents.reshape(batch * k, *latents.shape[2:]).to(self.device, torch.float32)
+        x = x * self.scheduler.init_noise_sigma
+
+        # 4. Denoise.
+        for t in self.scheduler.timesteps:
+            model_input = torch.cat([x, x]) if guided else x
+            model_input = self.scheduler.scale_model_input(model_input, t).to(self.dtype)
+            eps = self.runner.unet(model_input, t, context).float()
+            if guided:
+                eps_uncond, eps_cond = eps.chunk(2)
+                eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+            x = self.scheduler.step(eps, t, x, return_dict=False)[0]
+
+        # 5. Decode.
+        images = self.runner.decode((x / self.vae.config.scaling_factor).to(self.dtype))
+        images = (images.float() / 2 + 0.5).clamp(0, 1)
+
+        # 6. Resize to the saved size and convert.
+        return GenerationOutput(to_uint8_images(images, output_size).reshape(batch, k, output_size, output_size, 3))

@@ -1,0 +1,113 @@
+"""build_loader, both backends on CPU: batch layout, groups, epochs, resume, augmentations, damage."""
+
+import logging
+
+import pytest
+import torch
+from conftest import CAPTIONS, K, write_shards
+
+from stablerep_fast.data import available_backends, build_loader, open_index
+from stablerep_fast.data.augment import MEAN, STD
+
+BACKENDS = ["torch", pytest.param("dali", marks=pytest.mark.skipif("dali" not in available_backends(), reason="no DALI"))]
+N, M, S = 4, 3, 32  # captions per batch, views, crop side
+
+
+def _loader(shards, backend, **kwargs):
+    options = dict(image_size=S, backend=backend, device="cpu", num_workers=0 if backend == "torch" else 1)
+    return build_loader(shards, N, M, **{**options, **kwargs})
+
+
+def _same_images(images):
+    """[n*m, ...] view-major -> for each caption, whether any two of its m views are identical."""
+    views = images.view(M, N, -1)
+    return [any(torch.equal(views[a, c], views[b, c]) for a in range(M) for b in range(a + 1, M)) for c in range(N)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_layout_and_epoch_coverage(shards, backend):
+    loader = _loader(shards, backend, augment="none")
+    assert len(loader) == CAPTIONS // N
+    batches = list(loader)
+    assert len(batches) == len(loader) and loader.step == len(loader) and loader.epoch == 1
+    for images, labels in batches:
+        assert images.shape == (N * M, 3, S, S) and images.dtype == torch.float32
+        assert labels.dtype == torch.int64 and torch.equal(labels, labels[:N].repeat(M))
+        assert len(set(labels[:N].tolist())) == N
+        assert not any(_same_images(images)), "the m views of a caption must be distinct images"
+    seen = torch.cat([labels[:N] for _, labels in batches]).tolist()
+    assert sorted(seen) == list(range(CAPTIONS))
+    epoch1 = torch.cat([labels[:N] for _, labels in loader]).tolist()
+    assert sorted(epoch1) == sorted(seen) and epoch1 != seen
+
+
+def test_backends_form_the_same_groups(shards):
+    if "dali" not in available_backends():
+        pytest.skip("no DALI")
+    torch_batches = list(_loader(shards, "torch", augment="none", seed=5))
+    dali_batches = list(_loader(shards, "dali", augment="none", seed=5))
+    for (t_images, t_labels), (d_images, d_labels) in zip(torch_batches, dali_batches, strict=True):
+        assert torch.equal(t_labels, d_labels)
+        # same members, so the same pictures up to the two decoders' and resizers' rounding
+        assert (t_images - d_images).abs().mean() < 0.05
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ranks_get_disjoint_captions(shards, backend):
+    seen = [{int(c) for _, labels in _loader(shards, backend, rank=r, world_size=2) for c in labels} for r in (0, 1)]
+    assert not seen[0] & seen[1] and len(seen[0]) == len(seen[1]) == CAPTIONS // 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resume_from_state_dict(shards, backend):
+    first = _loader(shards, backend, augment="none", seed=2)
+    expected = list(first)[3:]
+    resumed = _loader(shards, backend, augment="none", seed=2)
+    resumed.load_state_dict({"step": 3})
+    got = list(resumed)
+    assert resumed.state_dict() == {"step": len(first)}
+    for (images, labels), (want_images, want_labels) in zip(got, expected, strict=True):
+        assert torch.equal(labels, want_labels) and torch.equal(images, want_images)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stablerep_augmentations_are_sane(shards, backend):
+    loader = _loader(shards, backend, image_size=48)
+    images = torch.cat([images for images, _ in loader])
+    # The fixture's flat colours and squares, jittered and normalised: roughly centred, unit scale.
+    assert -1.0 < images.mean() < 1.0 and 0.5 < images.std() < 2.0
+    assert images.min() >= -2.2 and images.max() <= 2.7  # (0 - mean) / std ... (1 - mean) / std
+    again, _ = next(iter(_loader(shards, backend, image_size=48)))
+    assert torch.equal(again, images[: N * M]), "same seed, same augmentations"
+    # Crops, colours and flips differ between the views of a caption and between epochs.
+    assert not any(_same_images(images[: N * M]))
+    rgb = images * torch.tensor(STD).view(3, 1, 1) + torch.tensor(MEAN).view(3, 1, 1)
+    grey = (rgb.std(dim=1) < 0.02).flatten(1).all(dim=1).float().mean()
+    assert 0.0 < grey < 0.5  # grayscale p = 0.2 over 72 images
+
+
+def test_torch_workers_give_the_same_batches(shards):
+    assert all(
+        torch.equal(a, b) and torch.equal(la, lb)
+        for (a, la), (b, lb) in zip(_loader(shards, "torch"), _loader(shards, "torch", num_workers=2), strict=True)
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_corrupt_image_is_replaced_and_counted(tmp_path, backend, caplog):
+    folder = write_shards(tmp_path / "corrupt", 8)
+    member = open_index(folder).captions[3].images[1]
+    with open(member.path, "r+b") as f:  # garbage of the same size: the tar stays valid
+        f.seek(member.offset)
+        f.write(bytes(member.size))
+    loader = build_loader(folder, 8, K, image_size=S, backend=backend, device="cpu", num_workers=0, augment="none")
+    with caplog.at_level(logging.WARNING, logger="stablerep_fast.data"):
+        ((images, labels),) = list(loader)
+    # caption 3 has K - 1 good images, fewer than m = K: left out, its image counted as corrupt
+    assert sorted(labels[:7].tolist()) == [0, 1, 2, 4, 5, 6, 7] and images.shape[0] == 7 * K
+    assert (loader.skipped.corrupt_images, loader.skipped.skipped_captions) == (1, 1)
+    assert f"corrupt image {member.name} in {member.path}" in caplog.text
+    with_m_below_k = build_loader(folder, 8, K - 1, image_size=S, backend=backend, device="cpu", num_workers=0)
+    ((images, labels),) = list(with_m_below_k)
+    assert images.shape[0] == 8 * (K - 1) and with_m_below_k.skipped.corrupt_images <= 1
+    assert with_m_below_k.skipped.skipped_captions == 0

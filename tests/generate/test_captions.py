@@ -1,0 +1,57 @@
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from stablerep_fast.generate import GenerateError, read_captions
+
+CAPTIONS = ["a red star", "two  dogs,\tplaying", "a red star", "a café"]
+CLEAN = ["a red star", "two dogs, playing", "a red star", "a café"]
+
+
+def _write_all(tmp_path):
+    (tmp_path / "c.txt").write_text("\n".join(["", CAPTIONS[0], "  ", *CAPTIONS[1:], ""]), encoding="utf-8")
+    (tmp_path / "c.csv").write_text(
+        "id,caption\n" + "".join(f'{i},"{c}"\n' for i, c in enumerate(CAPTIONS)) + "9,\n", encoding="utf-8"
+    )
+    (tmp_path / "c.tsv").write_text("text\n" + "".join(f"{c.replace(chr(9), ' ')}\n" for c in CAPTIONS), encoding="utf-8")
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"url": "x", "caption": c}) + "\n" for c in CAPTIONS))
+    pq.write_table(pa.table({"prompt": CAPTIONS, "n": list(range(4))}), tmp_path / "c.parquet")
+    return ["c.txt", "c.csv", "c.tsv", "c.jsonl", "c.parquet"]
+
+
+def test_every_format_gives_the_same_captions(tmp_path):
+    results = [read_captions(tmp_path / name) for name in _write_all(tmp_path)]
+    for captions in results:
+        assert captions.texts == CLEAN
+        assert captions.duplicates == 1
+        assert captions.sha256 == results[0].sha256
+
+
+def test_jsonl_of_strings_and_named_column(tmp_path):
+    (tmp_path / "s.jsonl").write_text("".join(json.dumps(c) + "\n" for c in CAPTIONS))
+    assert read_captions(tmp_path / "s.jsonl").texts == CLEAN
+    (tmp_path / "t.csv").write_text("a,b\nx,y\n")
+    assert read_captions(tmp_path / "t.csv", column="b").texts == ["y"]
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("empty.txt", "\n \n", "holds no caption"),
+        ("missing.txt", None, "cannot read"),
+        ("c.doc", "x", "unknown type"),
+        ("two.csv", "a,b\nx,y\n", "no caption column"),
+        ("bad.jsonl", "{not json\n", "cannot read"),
+        ("bin.txt", b"\xff\xfe\x00", "cannot read"),
+    ],
+)
+def test_bad_caption_files(tmp_path, name, content, message):
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(GenerateError, match=message):
+        read_captions(path)
