@@ -9,6 +9,7 @@ Backend modules are imported on first use (Triton's interpreter, for one, must b
 before its kernels are defined). A module provides the function and optionally:
 ``unavailable(device, dtype) -> str | None`` (None when it can run, else the reason);
 ``AUTO_MIN_LOGITS`` (below that many logits, rows x columns, "auto" passes it over);
+``MAX_D`` (the widest features it takes; "auto" passes it over for wider ones);
 ``HALF_INPUTS = True`` (it takes float16/bfloat16 rows as they are; others get float32);
 ``PRECISIONS`` (the float32 modes its ``precision=`` keyword accepts; others are exact).
 """
@@ -56,6 +57,7 @@ class LoadedBackend:
     fn: Callable[..., torch.Tensor] | None
     unavailable: Callable[[torch.device, torch.dtype], str | None]
     auto_min_logits: int = 0
+    max_d: int | None = None
     half_inputs: bool = False
     takes_precision: bool = False
 
@@ -100,6 +102,7 @@ def _load_uncached(backend: Backend) -> LoadedBackend:
         getattr(module, backend.function),
         getattr(module, "unavailable", lambda device, dtype: None),
         getattr(module, "AUTO_MIN_LOGITS", 0),
+        getattr(module, "MAX_D", None),
         getattr(module, "HALF_INPUTS", False),
         hasattr(module, "PRECISIONS"),
     )
@@ -116,13 +119,19 @@ def available_backends(device: torch.device | str = "cpu", dtype: torch.dtype = 
     return [name for name in BACKENDS if unavailable_reason(name, device, dtype) is None]
 
 
-def resolve_backend(name: str, device: torch.device, dtype: torch.dtype, logits: int = 0) -> LoadedBackend:
+def resolve_backend(
+    name: str, device: torch.device, dtype: torch.dtype, logits: int = 0, dim: int = 0
+) -> LoadedBackend:
     """The backend to run: ``name`` itself (checked), or for "auto" the first available one in
-    AUTO_ORDER that takes a problem of ``logits`` = rows x columns."""
+    AUTO_ORDER that takes a problem of ``logits`` = rows x columns with ``dim`` features."""
     if name == "auto":
         for candidate in AUTO_ORDER.get(device.type, ()):
             loaded = _load(candidate)
-            if loaded.unavailable(device, dtype) is None and logits >= loaded.auto_min_logits:
+            if (
+                loaded.unavailable(device, dtype) is None
+                and logits >= loaded.auto_min_logits
+                and (loaded.max_d is None or dim <= loaded.max_d)
+            ):
                 return loaded
         return _load("torch")
     if name not in BACKENDS:

@@ -56,7 +56,7 @@ def multipos_con_loss(
     tau = _positive_scalar("temperature", temperature)
     _check_precision(precision)
     _check_finite("feats", feats)
-    impl = resolve_backend(backend, feats.device, feats.dtype, feats.shape[0] ** 2)
+    impl = resolve_backend(backend, feats.device, feats.dtype, feats.shape[0] ** 2, feats.shape[1])
     loss_fn = _with_precision(impl, precision)
     z = _prepare(feats, normalize, impl.half_inputs)
     return loss_fn(z, z, labels, labels, 1.0 / tau, 0, active_group(process_group))
@@ -103,7 +103,9 @@ def multipos_clip_loss(
     _check_precision(precision)
     _check_finite("image_emb", image_emb)
     _check_finite("text_emb", text_emb)
-    impl = resolve_backend(backend, image_emb.device, image_emb.dtype, image_emb.shape[0] * text_emb.shape[0])
+    impl = resolve_backend(
+        backend, image_emb.device, image_emb.dtype, image_emb.shape[0] * text_emb.shape[0], image_emb.shape[1]
+    )
     loss_fn = _with_precision(impl, precision)
     v, t = _prepare(image_emb, normalize, impl.half_inputs), _prepare(text_emb, normalize, impl.half_inputs)
     group = active_group(process_group)

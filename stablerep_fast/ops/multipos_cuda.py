@@ -21,6 +21,8 @@ from stablerep_fast.ops.multipos_fused import fused_multipos_ce, register_kernel
 MAX_D = 256
 PRECISIONS = ("tf32", "ieee")
 HALF_INPUTS = True
+# As for Triton (unmeasured): below N ~ 1024 the dense torch path costs no more than launches.
+AUTO_MIN_LOGITS = 1 << 20
 
 
 def unavailable(device: torch.device, dtype: torch.dtype) -> str | None:

@@ -308,3 +308,14 @@ def test_clip_loss_validation():
 def test_available_backends_on_cpu_include_torch_variants():
     names = stablerep_fast.available_backends("cpu", torch.float32)
     assert {"torch", "reference", "chunked"} <= set(names)
+
+
+def test_auto_passes_over_backends_that_cannot_take_the_width(monkeypatch):
+    from stablerep_fast.ops import dispatch
+
+    fake = dispatch.LoadedBackend("narrow", lambda *a: None, lambda device, dtype: None, max_d=256)
+    monkeypatch.setitem(dispatch._LOADED, "narrow", fake)
+    monkeypatch.setitem(dispatch.AUTO_ORDER, "cpu", ("narrow", "torch"))
+    dev = torch.device("cpu")
+    assert dispatch.resolve_backend("auto", dev, torch.float32, 10**6, 256).name == "narrow"
+    assert dispatch.resolve_backend("auto", dev, torch.float32, 10**6, 257).name == "torch"

@@ -111,3 +111,4 @@ def test_backward_is_bitwise_deterministic():
         multipos_con_loss(feats, labels, 0.1, backend="cuda").backward()
         grads.append(feats.grad.clone())
     assert torch.equal(grads[0], grads[1])
+
