@@ -1,6 +1,7 @@
 """``stablerep-fast``: the only place that parses command-line arguments.
 
-Subcommands are added by the stages that implement them; today: ``bench``, ``generate``.
+Subcommands are added by the stages that implement them; today: ``bench``, ``generate``, ``train``,
+``probe``, ``demo``.
 """
 
 from __future__ import annotations
@@ -11,18 +12,6 @@ import sys
 from pathlib import Path
 
 import torch
-
-# Default loss-suite sizes: (quick, full) per device type. Quick keeps N = 8192, the recipe's
-# batch, and stays within a few minutes on a 2-core CPU.
-LOSS_SIZES = {
-    ("cpu", True): [1024, 8192],
-    ("cpu", False): [1024, 2048, 4096, 8192],
-    ("cuda", True): [1024, 8192],
-    ("cuda", False): [1024, 4096, 8192, 16384, 65536],
-}
-LOSS_DIMS = {True: [256], False: [128, 256]}
-LOSS_DTYPES = {"cpu": ["float32"], "cuda": ["bfloat16", "float32"]}
-
 
 def _csv(kind):
     def parse(text: str) -> list:
@@ -36,20 +25,29 @@ def _csv(kind):
 
 def _add_bench(subparsers) -> None:
     p = subparsers.add_parser("bench", help="measure every stage against its baseline and physical floor")
-    p.add_argument("--suite", type=_csv(str), default=None, help="comma list of suites (default: all that can run)")
+    p.add_argument("--suite", type=_csv(str), default=None,
+                   help="comma list of loss,generate,data,train (default: every suite that can run here)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
-    p.add_argument("--quick", action="store_true", help="small sweep, a few minutes on a 2-core CPU")
-    p.add_argument("--json", type=Path, default=None, help="write the records to this file")
+    p.add_argument("--quick", action="store_true", help="small sweeps: a few minutes on a 2-core CPU (loss still at N = 8192)")
+    p.add_argument("--json", type=Path, default=None, help="write the records (a JSON list) to this file")
+    p.add_argument("--plot", type=Path, default=None, metavar="DIR", help="write PNG charts here (needs matplotlib)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repetitions per case (every suite)")
     p.add_argument("--sizes", type=_csv(int), default=None, help="loss: N values")
     p.add_argument("--dims", type=_csv(int), default=None, help="loss: D values")
     p.add_argument("--dtypes", type=_csv(str), default=None, help="loss: dtypes, e.g. float32,bfloat16")
     p.add_argument("--backends", type=_csv(str), default=None, help="loss: backends (default: all available)")
-    p.add_argument("--repeats", type=int, default=None, help="timed repetitions per case")
+    p.add_argument("--generate-backends", type=_csv(str), default=None,
+                   help="generate: eager,compile,tensorrt,shapes (default: all that run here; compile on CPU only by name)")
+    p.add_argument("--sd-model", default=None,
+                   help="generate: a diffusers folder or checkpoint (default: random weights, SD 1.5 layout on GPU, tiny on CPU)")
+    p.add_argument("--loaders", type=_csv(str), default=None, help="data: loader backends, dali,torch (default: installed ones)")
+    p.add_argument("--workers", type=_csv(int), default=None, help="data: worker counts, e.g. 1,2,4")
     p.set_defaults(func=_run_bench)
 
 
 def _run_bench(args: argparse.Namespace) -> int:
     from stablerep_fast import bench
+    from stablerep_fast.bench.plot import missing_dependency, plot_records
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -60,27 +58,37 @@ def _run_bench(args: argparse.Namespace) -> int:
     if unknown:
         print(f"error: unknown suite(s) {unknown}; available: {list(bench.SUITES)}", file=sys.stderr)
         return 2
+    if args.plot is not None and missing_dependency():
+        print(f"error: {missing_dependency()}", file=sys.stderr)
+        return 2
+    overrides = {
+        "loss": dict(sizes=args.sizes, dims=args.dims, dtypes=args.dtypes, backends=args.backends),
+        "generate": dict(backends=args.generate_backends, sd_model=args.sd_model),
+        "data": dict(backends=args.loaders, workers=args.workers),
+        "train": {},
+    }
     env = bench.environment(device)
-    print("environment:", json.dumps(env))
+    print(bench.format_environment(env))
+    if device == "cpu":
+        print("no GPU in use: CPU variants only (GPU-only backends are listed as skipped; GPU tables need --device cuda)")
     records: list[dict] = []
-    if "loss" in suites:
-        loss_records = bench.run_loss_suite(
-            sizes=args.sizes or LOSS_SIZES[(device, args.quick)],
-            dims=args.dims or LOSS_DIMS[args.quick],
-            dtypes=args.dtypes or LOSS_DTYPES[device],
-            device=device,
-            backends=args.backends,
-            repeats=args.repeats or (3 if args.quick else 10),
-        )
-        columns = ["backend", "dtype", "N", "D", "ms", "p90_ms", "peak_mb", "speedup", "gflops", "floor_frac", "error"]
-        print("\nloss: forward + backward of multipos_con_loss\n" + bench.format_table(loss_records, columns))
-        records += loss_records
-    for r in records:
-        r["env"] = env
+    for name in suites:
+        suite_records = bench.run_suite(name, device, args.quick, versions=env, repeats=args.repeats, **overrides[name])
+        suite = bench.SUITE_TABLE[name]
+        print("\n" + bench.format_suite(suite.title, suite_records, suite.columns), flush=True)
+        records += suite_records
+    skips = [r for r in records if r.get("skipped")]
+    if skips:
+        print(f"\nskipped {len(skips)} variant(s):")
+        for r in skips:
+            print(f"  {r['suite']} {r['backend']}: {r['skipped']}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(records, indent=1))
         print(f"\nwrote {len(records)} records to {args.json}")
+    if args.plot is not None:
+        paths = plot_records(records, args.plot)
+        print(f"wrote {len(paths)} charts to {args.plot}: {', '.join(p.name for p in paths)}")
     return 0
 
 
@@ -106,7 +114,9 @@ def _add_generate(subparsers) -> None:
     p.add_argument("--rank", type=int, default=None, help="default: RANK or SLURM_PROCID, else 0")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default=d.dtype, help="auto: float16 on GPU, float32 on CPU")
-    p.add_argument("--backend", choices=BACKEND_CHOICES, default=d.backend)
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default=d.backend, help="auto: tensorrt, else compile on GPU, else eager")
+    p.add_argument("--engine-cache", type=Path, default=None, metavar="DIR",
+                   help="TensorRT engines and torch.compile artefacts (default: $STABLEREP_FAST_CACHE or ~/.cache/stablerep_fast)")  # fmt: skip
     p.add_argument("--format", dest="image_format", choices=IMAGE_FORMATS, default=d.image_format)
     p.add_argument("--quality", type=int, default=d.quality, help="JPEG quality")
     p.add_argument("--views", choices=VIEWS, default=d.views, help="latent-neighbors: K noises around one anchor")
@@ -136,11 +146,160 @@ def _run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# Train flags that map one-to-one onto TrainConfig fields: (flag, field, type, help).
+TRAIN_FLAGS = [
+    ("--data", "data", str, "shard folder(s) from `generate`: a folder or a brace pattern"),
+    ("--out", "out", str, "run folder: checkpoint.pt, config.yaml, log.jsonl"),
+    ("--model", "model", str, "timm model name (random init)"),
+    ("--image-size", "image_size", int, "training crop size in pixels"),
+    ("--captions-per-batch", "captions_per_batch", int, "n, over all ranks"),
+    ("--images-per-caption", "images_per_caption", int, "m, positives per caption"),
+    ("--steps", "steps", int, "total optimizer steps (the schedule's length)"),
+    ("--warmup-steps", "warmup_steps", int, "linear warm-up steps"),
+    ("--base-lr", "base_lr", float, "lr per 256 images (lr = base_lr * batch / 256)"),
+    ("--weight-decay", "weight_decay", float, "AdamW weight decay (not on biases, norms, 1-d params)"),
+    ("--temperature", "temperature", float, "tau of the multi-positive loss"),
+    ("--loss-backend", "loss_backend", str, "multipos loss backend (auto picks the fused one)"),
+    ("--precision", "precision", str, "auto (bf16 autocast on GPU), bf16 or fp32"),
+    ("--seed", "seed", int, "data order, augmentation and initial weights"),
+    ("--device", "device", str, "default: cuda when available"),
+    ("--loader-backend", "loader_backend", str, "auto, dali or torch"),
+    ("--num-workers", "num_workers", int, "loader workers (default: min(8, CPUs))"),
+    ("--checkpoint-every", "checkpoint_every", int, "steps between checkpoints"),
+    ("--log-every", "log_every", int, "steps between log records"),
+    ("--stop-at", "stop_at", int, "stop after this step (the schedule still spans --steps); --resume continues"),
+]
+
+
+def _add_train(subparsers) -> None:
+    from stablerep_fast.train import PRESETS
+
+    p = subparsers.add_parser("train", help="train a ViT on generated shards with the multi-positive loss")
+    p.add_argument("--preset", choices=list(PRESETS), default="vit_b16", help="starting settings (tiny: CPU-sized)")
+    p.add_argument("--config", type=Path, default=None, help="YAML of TrainConfig fields, applied over the preset")
+    for flag, name, kind, text in TRAIN_FLAGS:
+        p.add_argument(flag, dest=name, type=kind, default=None, help=text)
+    p.add_argument("--text", action="store_true", default=None, help="StableRep+: add the text tower and image-text loss")
+    p.add_argument("--resume", action="store_true", default=None, help="continue from OUT/checkpoint.pt")
+    p.add_argument("--tensorboard", action="store_true", default=None, help="also log to OUT/tensorboard")
+    p.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=YAML",
+                   help="any other TrainConfig field, e.g. --set 'model_kwargs={img_size: 32, patch_size: 4}'")
+    p.set_defaults(func=_run_train)
+
+
+def _train_config(args: argparse.Namespace):
+    """Preset, then the YAML file, then --set, then the flags."""
+    import yaml
+
+    from stablerep_fast.train import ConfigError, TrainConfig, preset
+
+    values = preset(args.preset).to_dict()
+    if args.config is not None:
+        if not args.config.is_file():
+            raise ConfigError(f"{args.config}: no such file")
+        values.update(yaml.safe_load(args.config.read_text()) or {})  # only the fields the file sets
+    for item in args.overrides:
+        name, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects FIELD=VALUE, got {item!r}")
+        values[name.strip()] = yaml.safe_load(text)
+    flags = [name for _, name, _, _ in TRAIN_FLAGS] + ["text", "resume", "tensorboard", "progress"]
+    values.update({name: getattr(args, name) for name in flags if getattr(args, name) is not None})
+    return TrainConfig.from_dict(values)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from stablerep_fast.train import ConfigError, train
+
+    try:
+        config = _train_config(args)
+        config.validate()
+        summary = train(config)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"step {summary.step}: {summary.images} images in {summary.seconds:.1f} s "
+          f"({summary.images_per_second:.1f} images/s); last loss {summary.losses[-1] if summary.losses else float('nan'):.4f} "
+          f"-> {summary.checkpoint}")  # fmt: skip
+    return 0
+
+
+def _add_probe(subparsers) -> None:
+    from stablerep_fast.eval import METHODS, ProbeConfig
+
+    d = ProbeConfig()
+    p = subparsers.add_parser("probe", help="linear probe + kNN of a checkpoint's frozen backbone")
+    p.add_argument("--data", required=True, help="ImageFolder tree (train/ + val/), a .npz, or shapes[:ATTRIBUTE]")
+    p.add_argument("--checkpoint", type=Path, default=None, help="a `train` checkpoint (not needed for a features .npz)")
+    p.add_argument("--method", choices=METHODS, default=d.method, help="lbfgs: fast full-batch; sgd: the paper's protocol")
+    p.add_argument("--sweep", type=_csv(float), default=None, help="learning rates (sgd) or L2 strengths (lbfgs)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="sgd epochs")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--knn-k", type=int, default=d.knn_k)
+    p.add_argument("--image-size", type=int, default=None, help="default: the checkpoint's training size")
+    p.add_argument("--per-class", type=int, default=100, help="shapes: training images per class")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--json", type=Path, default=None, help="write the result to this file")
+    p.set_defaults(func=_run_probe)
+
+
+def _run_probe(args: argparse.Namespace) -> int:
+    from stablerep_fast.eval import ProbeConfig, evaluate, load_probe_data
+    from stablerep_fast.train import load_model
+
+    config = ProbeConfig(method=args.method, sweep=tuple(args.sweep) if args.sweep else None, epochs=args.epochs,
+                         batch_size=args.batch_size, knn_k=args.knn_k, seed=args.seed, device=args.device)  # fmt: skip
+    try:
+        encoder, image_size = None, args.image_size
+        if args.checkpoint is not None:
+            model, train_config = load_model(args.checkpoint)
+            encoder, image_size = model.backbone, image_size or train_config.image_size
+        data = load_probe_data(args.data, image_size=image_size or 64, per_class=args.per_class, seed=args.seed)
+        result = evaluate(encoder, data, config, image_size=image_size)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+def _add_demo(subparsers) -> None:
+    from stablerep_fast.demo import DemoConfig
+
+    d = DemoConfig(out=Path())
+    p = subparsers.add_parser("demo", help="shapes data -> multi-positive vs SimCLR vs random init, on a CPU in minutes")
+    p.add_argument("--out", type=Path, required=True, help="output folder: data, runs, results.json")
+    p.add_argument("--quick", action="store_true", help="a reduced run (about a minute) for CI")
+    p.add_argument("--steps", type=int, default=None, help=f"training steps per encoder (default {d.steps})")
+    p.add_argument("--captions", type=int, default=None, help=f"captions to generate (default {d.captions})")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from stablerep_fast.demo import DemoConfig, run_demo
+
+    overrides = {k: v for k, v in (("steps", args.steps), ("captions", args.captions)) if v is not None}
+    overrides.update(seed=args.seed, progress=args.progress)
+    config = DemoConfig.quick(args.out, **overrides) if args.quick else DemoConfig(out=args.out, **overrides)
+    run_demo(config)
+    print(f"wrote {args.out / 'results.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stablerep-fast", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_bench(subparsers)
     _add_generate(subparsers)
+    _add_train(subparsers)
+    _add_probe(subparsers)
+    _add_demo(subparsers)
     return parser
 
 

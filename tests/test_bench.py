@@ -1,5 +1,8 @@
 """The benchmark harness and the command line (tiny sizes; speed targets live in benchmarks/)."""
 
+import contextlib
+import dataclasses
+import io
 import json
 import subprocess
 import sys
@@ -7,23 +10,64 @@ import sys
 import pytest
 import torch
 
+from stablerep_fast import bench
 from stablerep_fast.bench.loss import LossCase, run_case, run_loss_suite
+from stablerep_fast.bench.plot import plot_records
 from stablerep_fast.bench.timing import peak_memory_mb, time_fn
 from stablerep_fast.cli import main
 
-RECORD_KEYS = {"suite", "backend", "N", "D", "dtype", "ms", "peak_mb", "speedup", "device", "gflops", "floor_frac"}
+# Fields every measured record of a suite has (DESIGN.md: suite, backend, device, sizes, ms, ...).
+COMMON_KEYS = {"suite", "backend", "device", "ms", "versions"}
+SUITE_KEYS = {
+    "loss": {"N", "D", "dtype", "peak_mb", "speedup", "gflops", "floor_frac"},
+    "generate": {"dtype", "model", "batch", "steps", "resolution", "throughput", "unet_step_ms", "peak_mb", "speedup"},
+    "data": {"workers", "batch", "resolution", "image_size", "batches", "throughput", "speedup"},
+    "train": {"dtype", "model", "image_size", "batch", "throughput", "speedup", "overhead_frac"},
+}
+# Settings that make each suite take seconds on a 2-core CPU (in place of its --quick defaults).
+TINY = {
+    "loss": dict(sizes=[32], dims=[4], dtypes=["float32"], backends=["reference", "chunked"], repeats=1),
+    "generate": dict(captions=1, images_per_caption=1, steps=2, resolution=32, shapes_resolution=32, repeats=1),
+    "data": dict(workers=[0], captions=8, captions_per_batch=4, images_per_caption=2, resolution=64, image_size=32, repeats=1),
+    "train": dict(preset="tiny", captions_per_batch=2, repeats=1),  # n >= 2: BN per view
+}
+
+
+def _check_fields(record: dict) -> None:
+    expected = COMMON_KEYS | SUITE_KEYS[record["suite"]]
+    assert expected <= set(record), f"{record['suite']} {record['backend']} lacks {sorted(expected - set(record))}"
+    assert record["ms"] > 0, record
+    assert record.get("error") is None, record
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """``stablerep-fast bench`` over every suite once, with TINY defaults, --json and --plot."""
+    tmp = tmp_path_factory.mktemp("bench")
+    out, plots = tmp / "records.json", tmp / "plots"
+    with pytest.MonkeyPatch.context() as mp:
+        for name, settings in TINY.items():
+            tiny = dataclasses.replace(bench.SUITE_TABLE[name], defaults=lambda device, quick, s=settings: dict(s))
+            mp.setitem(bench.SUITE_TABLE, name, tiny)
+        stdout = io.StringIO()
+        with contextlib.redirect_stdout(stdout):
+            code = main(["bench", "--device", "cpu", "--quick", "--json", str(out), "--plot", str(plots)])
+    return dict(code=code, stdout=stdout.getvalue(), records=json.loads(out.read_text()), plots=plots)
 
 
 def test_loss_suite_records_every_backend_against_the_reference():
     records = run_loss_suite(sizes=[64], dims=[8], dtypes=["float32"], device="cpu", repeats=2)
-    assert {r["backend"] for r in records} >= {"reference", "chunked"}
-    for r in records:
-        assert RECORD_KEYS <= set(r), set(r) ^ RECORD_KEYS
-        assert r["ms"] > 0 and r["peak_mb"] >= 0 and r["N"] == 64 and r["D"] == 8
-    ref = next(r for r in records if r["backend"] == "reference")
+    measured = [r for r in records if not r.get("skipped")]
+    assert {r["backend"] for r in measured} >= {"reference", "chunked"}
+    for r in measured:
+        assert SUITE_KEYS["loss"] | {"suite", "backend", "device", "ms"} <= set(r)
+        assert r["ms"] > 0 and r["peak_mb"] >= 0 and r["N"] == 64 and r["D"] == 8 and r["device"] == "cpu"
+    ref = next(r for r in measured if r["backend"] == "reference")
     assert ref["speedup"] == pytest.approx(1.0)
-    for r in records:
+    for r in measured:
         assert r["speedup"] == pytest.approx(ref["ms"] / r["ms"])
+    skipped = {r["backend"]: r["skipped"] for r in records if r.get("skipped")}
+    assert "cuda" in skipped and "reference-compiled" in skipped  # GPU-only, and minutes of C++ build on CPU
 
 
 def test_cpu_peak_memory_sees_a_large_allocation():
@@ -41,13 +85,96 @@ def test_failed_case_is_recorded_not_raised():
     assert r["ms"] is None and "cuda" in r["error"]
 
 
-def test_bench_command_writes_json(tmp_path, capsys):
+def test_generate_suite_times_tiny_sd_and_shapes():
+    records = bench.run_suite("generate", "cpu", **TINY["generate"])
+    measured = {r["backend"]: r for r in records if not r.get("skipped")}
+    assert set(measured) == {"eager", "shapes"}
+    for r in measured.values():
+        _check_fields(r)
+    eager = measured["eager"]
+    assert eager["model"] == "tiny-random" and eager["batch"] == 1 and eager["speedup"] == pytest.approx(1.0)
+    assert eager["throughput"] == pytest.approx(1 / (eager["ms"] * 1e-3))
+    assert eager.get("floor_frac") is None  # no known FLOP floor on a CPU
+    skipped = {r["backend"]: r["skipped"] for r in records if r.get("skipped")}
+    assert "compile" in skipped and "C++ build" in skipped["compile"]
+
+
+def test_data_suite_times_each_loader_against_torch():
+    records = bench.run_suite("data", "cpu", **TINY["data"])
+    measured = {r["backend"]: r for r in records if not r.get("skipped")}
+    assert "torch" in measured
+    for r in measured.values():
+        _check_fields(r)
+        assert r["batches"] == 2 and r["batch"] == 8
+        assert r["throughput"] == pytest.approx(r["batch"] / (r["ms"] * 1e-3))
+    assert measured["torch"]["speedup"] == pytest.approx(1.0)
+
+
+def test_train_suite_compares_end_to_end_with_the_model_alone():
+    records = bench.run_suite("train", "cpu", **TINY["train"])
+    by_variant = {r["backend"]: r for r in records}
+    assert set(by_variant) == {"model", "model+loss", "end-to-end"}
+    for r in records:
+        _check_fields(r)
+        assert r["batch"] == 2 * r["images_per_caption"]
+        assert r["overhead_frac"] == pytest.approx(1 - r["speedup"])
+    assert by_variant["model"]["speedup"] == pytest.approx(1.0)
+
+
+def test_unavailable_suite_is_skipped_with_its_reason(monkeypatch):
+    broken = dataclasses.replace(bench.SUITE_TABLE["generate"], unavailable=lambda: "needs diffusers (not installed)")
+    monkeypatch.setitem(bench.SUITE_TABLE, "generate", broken)
+    records = bench.run_suite("generate", "cpu")
+    assert len(records) == 1 and records[0]["skipped"] == "needs diffusers (not installed)"
+    text = bench.format_suite("generate", records, ["backend", "ms"])
+    assert "(nothing measured)" in text and "skipped generate *: needs diffusers" in text
+
+
+def test_bench_command_runs_every_suite(cli_run):
+    assert cli_run["code"] == 0
+    suites = {r["suite"] for r in cli_run["records"]}
+    assert suites == set(bench.SUITES)
+    for r in cli_run["records"]:
+        if not r.get("skipped"):
+            _check_fields(r)
+    for name in bench.SUITES:
+        assert bench.SUITE_TABLE[name].title in cli_run["stdout"]
+    assert f"environment: GPU none in use; torch {torch.__version__}" in cli_run["stdout"]
+
+
+def test_bench_command_says_what_it_skipped_and_why(cli_run):
+    skips = [r for r in cli_run["records"] if r.get("skipped")]
+    assert {r["suite"] for r in skips} >= {"generate", "data"}
+    for r in skips:
+        assert r["ms"] is None and f"  {r['suite']} {r['backend']}: {r['skipped']}" in cli_run["stdout"]
+    assert "no GPU in use" in cli_run["stdout"]
+
+
+def test_bench_json_round_trip(cli_run):
+    records = cli_run["records"]
+    assert json.loads(json.dumps(records)) == records
+    assert all(r["versions"]["torch"] == torch.__version__ for r in records)
+    # What was written can be tabled and charted again.
+    for name in bench.SUITES:
+        suite = bench.SUITE_TABLE[name]
+        assert suite.title in bench.format_suite(suite.title, [r for r in records if r["suite"] == name], suite.columns)
+
+
+def test_bench_plot_writes_pngs(cli_run, tmp_path):
+    names = sorted(p.name for p in cli_run["plots"].iterdir())
+    assert names == ["data_cpu.png", "generate_cpu.png", "loss_cpu_float32_D4.png", "train_cpu.png"]
+    for p in cli_run["plots"].iterdir():
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(plot_records(cli_run["records"], tmp_path)) == 4
+
+
+def test_bench_command_loss_flags_write_json(tmp_path, capsys):
     out = tmp_path / "loss.json"
     assert main(["bench", "--suite", "loss", "--device", "cpu", "--sizes", "32", "--dims", "4",
-                 "--backends", "reference,chunked", "--repeats", "1", "--json", str(out)]) == 0
+                 "--backends", "reference,chunked", "--repeats", "1", "--json", str(out)]) == 0  # fmt: skip
     records = json.loads(out.read_text())
     assert [r["backend"] for r in records] == ["reference", "chunked"]
-    assert records[0]["env"]["torch"] == torch.__version__
+    assert records[0]["versions"]["torch"] == torch.__version__
     assert "forward + backward" in capsys.readouterr().out
 
 

@@ -3,7 +3,9 @@
 Each record is a flat dict (see DESIGN.md): suite, backend, device, dtype, N, D, ms,
 p10_ms, p90_ms, peak_mb, speedup (reference ms / ms at the same N, D, dtype), gflops
 (of the 6 N^2 D FLOPs a fused symmetric kernel needs) and floor_frac (the tensor-core floor
-over ms, on GPUs whose peak is known).
+over ms, on GPUs whose peak is known). "reference" is the unfused dense implementation;
+"reference-compiled" is torch.compile of it. Backends that cannot run here are recorded as
+skipped, with the reason.
 """
 
 from __future__ import annotations
@@ -14,12 +16,23 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from stablerep_fast.bench.timing import peak_memory_mb, time_fn
+from stablerep_fast.bench.report import error_text, skipped
+from stablerep_fast.bench.timing import peak_memory_mb, tensor_core_peak, time_fn
 from stablerep_fast.ops.dispatch import BACKENDS, unavailable_reason
 from stablerep_fast.ops.multipos import multipos_con_loss
 
-# Dense bf16 tensor-core rate measured on H100/H200 (METHOD.md), in FLOP/s.
-TENSOR_CORE_PEAK = {"H100": 790e12, "H200": 790e12}
+TITLE = "loss: forward + backward of multipos_con_loss"
+COLUMNS = ["backend", "dtype", "N", "D", "ms", "p90_ms", "peak_mb", "speedup", "gflops", "floor_frac", "error"]
+# Default sweeps: (quick, full) per device type. Quick keeps N = 8192, the recipe's batch,
+# and stays within a minute or two on a 2-core CPU.
+SIZES = {
+    ("cpu", True): [1024, 8192],
+    ("cpu", False): [1024, 2048, 4096, 8192],
+    ("cuda", True): [1024, 8192],
+    ("cuda", False): [1024, 4096, 8192, 16384, 65536],
+}
+DIMS = {True: [256], False: [128, 256]}
+DTYPES = {"cpu": ["float32"], "cuda": ["bfloat16", "float32"]}
 # Backends worth timing: "torch" only re-dispatches to "reference" or "chunked".
 DISPATCHERS = ("torch",)
 # A baseline beside the backends: torch.compile of the dense reference (compiled once per
@@ -46,10 +59,7 @@ def loss_flops(n: int, d: int) -> float:
 
 
 def _floor_ms(n: int, d: int, device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    peak = next((v for k, v in TENSOR_CORE_PEAK.items() if k in name), None)
+    peak = tensor_core_peak(device)
     return None if peak is None else loss_flops(n, d) / peak * 1e3
 
 
@@ -86,7 +96,7 @@ def run_case(case: LossCase) -> dict:
         record["peak_mb"] = peak_memory_mb(step, device)
         timing = time_fn(step, device, warmup=case.warmup, repeats=case.repeats)
     except (torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as exc:
-        record.update(ms=None, error=f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+        record.update(ms=None, error=error_text(exc))
         return record
     record.update(ms=timing.median_ms, p10_ms=timing.p10_ms, p90_ms=timing.p90_ms)
     record["gflops"] = loss_flops(case.n, case.d) / (timing.median_ms * 1e-3) / 1e9
@@ -102,13 +112,32 @@ def run_case_isolated(case: LossCase) -> dict:
         return pool.apply(run_case, (case,))
 
 
-def loss_backends(device: torch.device, dtype: torch.dtype, names: list[str] | None = None) -> list[str]:
-    """Backends to time: the given names, or every available one but the dispatchers, plus
-    the compiled reference on GPUs (on CPU, inductor's C++ build takes minutes: ask for it)."""
+def loss_backends(device: torch.device, dtype: torch.dtype, names: list[str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """Backends to time and those left out with the reason: the given names (all timed), or
+    every available backend but the dispatchers, plus the compiled reference on GPUs (on CPU,
+    inductor's C++ build takes minutes: ask for it by name)."""
     if names is not None:
-        return names
-    available = [n for n in BACKENDS if n not in DISPATCHERS and unavailable_reason(n, device, dtype) is None]
-    return available + ([COMPILED_REFERENCE] if device.type == "cuda" else [])
+        return list(names), {}
+    run, skip = [], {}
+    for name in BACKENDS:
+        if name in DISPATCHERS:
+            continue
+        reason = unavailable_reason(name, device, dtype)
+        if reason is None:
+            run.append(name)
+        else:
+            skip[name] = reason
+    if device.type == "cuda":
+        run.append(COMPILED_REFERENCE)
+    else:
+        skip[COMPILED_REFERENCE] = "inductor's C++ build takes minutes on a CPU; ask for it with --backends"
+    return run, skip
+
+
+def defaults(device: str, quick: bool) -> dict:
+    """The sweep ``run_loss_suite`` does by default on ``device``."""
+    kind = torch.device(device).type
+    return dict(sizes=SIZES[(kind, quick)], dims=DIMS[quick], dtypes=DTYPES[kind], repeats=3 if quick else 10)
 
 
 def run_loss_suite(
@@ -119,12 +148,14 @@ def run_loss_suite(
     backends: list[str] | None = None,
     repeats: int = 5,
 ) -> list[dict]:
-    """Every (backend, N, D, dtype) case; speedup is relative to the "reference" backend."""
+    """Every (backend, N, D, dtype) case; speedup is relative to the "reference" backend.
+    On CPU each case runs in a fresh process (its peak memory is its own)."""
     dev = torch.device(device)
     measure = run_case if dev.type == "cuda" else run_case_isolated
     records = []
     for dtype in dtypes:
-        names = loss_backends(dev, getattr(torch, dtype), backends)
+        names, skip = loss_backends(dev, getattr(torch, dtype), backends)
+        records += [skipped("loss", name, device, reason, dtype=dtype) for name, reason in skip.items()]
         for d in dims:
             for n in sizes:
                 group = [measure(LossCase(b, n, d, dtype, device, repeats=repeats)) for b in names]

@@ -91,3 +91,15 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     fn()
     return max(0.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0 - before)
+
+
+# Dense bf16/fp16 tensor-core rate measured on H100/H200 (METHOD.md), in FLOP/s.
+TENSOR_CORE_PEAK = {"H100": 790e12, "H200": 790e12}
+
+
+def tensor_core_peak(device: torch.device) -> float | None:
+    """The dense 16-bit tensor-core FLOP/s of ``device`` where known (None on CPUs and other GPUs)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in TENSOR_CORE_PEAK.items() if k in name), None)

@@ -2,29 +2,62 @@
 
 A backend takes the pipeline's modules (already on their device and dtype) and provides the
 three calls the denoising loop makes: ``encode_text``, ``unet`` and ``decode``. The pipeline
-never depends on which backend runs them, so faster ones (compiled graphs, TensorRT engines)
-plug in by adding a class and a row to BACKENDS.
+never depends on which backend runs them, so faster ones plug in by adding a class and a row
+to BACKENDS. Every factory takes ``(text_encoder, unet, vae, *, cache_dir=None)``.
+
+- ``eager``: the diffusers modules with SDPA attention, fused QKV projections and, on GPU,
+  channels_last memory format (fp16/bf16 comes from the pipeline's dtype).
+- ``compile``: eager's modules under ``torch.compile`` with static shapes; on GPU the UNet
+  step replays as a CUDA graph (mode "reduce-overhead"); inductor's artefacts are cached
+  under ``<cache>/inductor`` between runs. A smaller last batch is padded to the static one.
+- ``tensorrt``: fp16 TensorRT engines, cached on disk (``tensorrt.py``).
+- ``auto``: tensorrt if it imports and a GPU is present, else compile on a GPU, else eager.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 from stablerep_fast.generate.config import GenerateError
+from stablerep_fast.generate.engine_cache import default_cache_dir
+from stablerep_fast.generate.tensorrt import TensorRTBackend, pad_batch, tensorrt_unavailable_reason
+
+
+def optimise_modules(text_encoder: torch.nn.Module, unet: torch.nn.Module, vae: torch.nn.Module) -> list[str]:
+    """Cheap, numerically safe speed-ups applied in place; returns what was applied."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    applied = []
+    for name, module in (("unet", unet), ("vae", vae)):
+        try:
+            module.set_attn_processor(AttnProcessor2_0())  # PyTorch SDPA (flash / memory-efficient kernels)
+            applied.append(f"{name}: sdpa")
+            module.fuse_qkv_projections()  # one matmul for q, k, v (k, v in cross-attention)
+            applied.append(f"{name}: fused qkv")
+        except (AttributeError, ValueError, NotImplementedError):
+            pass  # a module without these (or with added KV projections) keeps its processors
+    if unet.device.type == "cuda":  # NHWC convolutions run on tensor cores without transposes
+        unet.to(memory_format=torch.channels_last)
+        vae.to(memory_format=torch.channels_last)
+        applied.append("channels_last")
+    return applied
 
 
 class EagerBackend:
-    """The modules as they are (diffusers' default attention is PyTorch SDPA)."""
+    """The modules as they are, after ``optimise_modules``."""
 
     name = "eager"
 
-    def __init__(self, text_encoder: torch.nn.Module, unet: torch.nn.Module, vae: torch.nn.Module):
+    def __init__(self, text_encoder: torch.nn.Module, unet: torch.nn.Module, vae: torch.nn.Module, *, cache_dir: Path | None = None):
         self.text_encoder = text_encoder
         self.unet_module = unet
         self.vae = vae
+        self.optimisations = optimise_modules(text_encoder, unet, vae)
 
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids: int64 [N, L] -> hidden states [N, L, D]."""
@@ -39,49 +72,85 @@ class EagerBackend:
         return self.vae.decode(latents, return_dict=False)[0]
 
 
+def configure_compile_cache(cache_dir: Path | None) -> Path:
+    """Keep inductor's compiled kernels and FX graphs under ``<cache>/inductor`` (unless
+    TORCHINDUCTOR_CACHE_DIR is already set), so a later run, or another worker sharing the
+    folder, loads them instead of compiling again."""
+    root = Path(cache_dir or default_cache_dir()) / "inductor"
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root))
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fx_graph_cache = True
+    return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+
+
 class CompileBackend(EagerBackend):
-    """``torch.compile`` of the UNet and the VAE decoder, static shapes (one graph per batch
-    shape: keep the batch size fixed; the last batch of a shard may add one more graph)."""
+    """``torch.compile`` of the UNet and the VAE decoder with static shapes: one graph per
+    component, at the first (full) batch; smaller batches are padded to it. On GPU the UNet
+    runs in mode "reduce-overhead": each denoising step replays a CUDA graph."""
 
     name = "compile"
 
-    def __init__(self, text_encoder: torch.nn.Module, unet: torch.nn.Module, vae: torch.nn.Module):
+    def __init__(self, text_encoder: torch.nn.Module, unet: torch.nn.Module, vae: torch.nn.Module, *, cache_dir: Path | None = None):
         super().__init__(text_encoder, unet, vae)
-        self.unet_module = torch.compile(unet, dynamic=False)
-        self._decode = torch.compile(vae.decode, dynamic=False)
+        self.inductor_cache = configure_compile_cache(cache_dir)
+        self.cuda_graphs = unet.device.type == "cuda"
+        self._unet = torch.compile(unet, dynamic=False, mode="reduce-overhead" if self.cuda_graphs else None)
+        self._decode = torch.compile(vae.decode, dynamic=False)  # once per batch: a graph buys little there
+        self._batch: dict[str, int] = {}
+
+    def _static(self, component: str, n: int) -> int:
+        self._batch[component] = max(self._batch.get(component, 0), n)
+        return self._batch[component]
+
+    def unet(self, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        n = latents.shape[0]
+        batch = self._static("unet", n)
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed
+        out = self._unet(pad_batch(latents, batch), timestep, encoder_hidden_states=pad_batch(context, batch), return_dict=False)[0]
+        return out[:n].clone()  # CUDA-graph outputs live in memory the next replay overwrites
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self._decode(latents, return_dict=False)[0]
+        n = latents.shape[0]
+        return self._decode(pad_batch(latents, self._static("vae", n)), return_dict=False)[0][:n]
 
 
 @dataclass(frozen=True)
 class Backend:
     name: str
-    factory: Callable[..., EagerBackend] | None  # None: not part of this version
+    factory: Callable[..., object] | None  # None: not part of this version
     description: str
 
 
 BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
-        Backend("eager", EagerBackend, "diffusers modules run as they are"),
-        Backend("compile", CompileBackend, "torch.compile of the UNet and VAE decoder"),
-        Backend("tensorrt", None, "TensorRT engines"),
+        Backend("eager", EagerBackend, "diffusers modules with SDPA, fused QKV and channels_last"),
+        Backend("compile", CompileBackend, "torch.compile of the UNet and VAE decoder (CUDA graphs on GPU)"),
+        Backend("tensorrt", TensorRTBackend, "TensorRT engines"),
     )
 }
 
-# Preference order of "auto", fastest first, per device type. "compile" joins once its
-# speed-up is measured on a GPU; "tensorrt" is tried first and skipped while unavailable.
+# Preference order of "auto", fastest first, per device type: the first available one runs.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {
-    "cuda": ("tensorrt", "eager"),
+    "cuda": ("tensorrt", "compile", "eager"),
     "cpu": ("eager",),
 }
 
 
 def unavailable_reason(name: str, device: torch.device) -> str | None:
-    """None when backend ``name`` can run on ``device``, else why not."""
+    """None when backend ``name`` can run on ``device``, else why not (one line)."""
     if BACKENDS[name].factory is None:
         return f"the {BACKENDS[name].description} backend is not part of this version of stablerep_fast"
+    if name == "tensorrt":
+        if device.type != "cuda":
+            return "TensorRT engines run on NVIDIA GPUs only (use --device cuda)"
+        reason = tensorrt_unavailable_reason()
+        if reason is not None:
+            return reason
+    if name in ("tensorrt", "compile") and device.type == "cuda" and not torch.cuda.is_available():
+        return "no CUDA GPU is visible"
     return None
 
 

@@ -61,6 +61,7 @@ class GenerateConfig:
     latent_std: float = 0.5  # sigma of --views latent-neighbors
     caption_column: str | None = None
     progress: bool = True
+    engine_cache: Path | None = None  # compiled artefacts and TensorRT engines; None: engine_cache.default_cache_dir()
 
     def validate(self) -> None:
         """Raise GenerateError naming the first bad setting."""

@@ -37,7 +37,9 @@ class StableRepPipeline:
     """Text-to-image with classifier-free guidance and any diffusers scheduler (DDIM, eta 0,
     by default). Components: tokenizer, text_encoder, unet, vae, scheduler."""
 
-    def __init__(self, tokenizer, text_encoder, unet, vae, scheduler, *, model_id: str = "", backend: str = "auto"):
+    def __init__(
+        self, tokenizer, text_encoder, unet, vae, scheduler, *, model_id: str = "", backend: str = "auto", cache_dir: Path | None = None
+    ):
         self.tokenizer = tokenizer
         self.scheduler = scheduler
         self.vae = vae
@@ -51,16 +53,19 @@ class StableRepPipeline:
             module.eval().requires_grad_(False)
         spec = resolve_backend(backend, self.device)
         self.backend = spec.name
-        self.runner = spec.factory(text_encoder, unet, vae)
+        self.runner = spec.factory(text_encoder, unet, vae, cache_dir=cache_dir)
         self._empty_context: torch.Tensor | None = None
 
     @classmethod
     def from_pretrained(
-        cls, model: str | Path, *, device: torch.device, dtype: torch.dtype, backend: str = "auto"
+        cls, model: str | Path, *, device: torch.device, dtype: torch.dtype, backend: str = "auto", cache_dir: Path | None = None
     ) -> StableRepPipeline:
         """Load a local diffusers Stable Diffusion folder or single-file checkpoint (offline),
-        with its scheduler replaced by DDIM (eta 0, the recipe's sampler)."""
+        with its scheduler replaced by DDIM (eta 0, the recipe's sampler). ``cache_dir``: where
+        compiled artefacts and engines are kept (default: engine_cache.default_cache_dir())."""
         from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+        resolve_backend(backend, device)  # an unavailable backend fails before minutes of loading
 
         path = Path(model)
         kwargs = dict(dtype=dtype, local_files_only=True, safety_checker=None, requires_safety_checker=False)
@@ -88,6 +93,7 @@ class StableRepPipeline:
             DDIMScheduler.from_config(sd.scheduler.config),
             model_id=str(model),
             backend=backend,
+            cache_dir=cache_dir,
         )
 
     def latent_shape(self, resolution: int) -> tuple[int, ...]:
@@ -138,15 +144,19 @@ class StableRepPipeline:
             context = torch.cat([empty, context])
 
         # 3. Prepare the latents: float32 for the scheduler's arithmetic, the model dtype for the UNet.
-        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        # The scheduler's timesteps stay on the CPU (its tables are there: indexing them with a
+        # GPU timestep would sync every step); the UNet gets them from one copy on the device.
+        self.scheduler.set_timesteps(num_inference_steps, device="cpu")
+        timesteps = self.scheduler.timesteps
+        unet_timesteps = timesteps.to(self.device, non_blocking=True)
         x = latents.reshape(batch * k, *latents.shape[2:]).to(self.device, torch.float32)
         x = x * self.scheduler.init_noise_sigma
 
-        # 4. Denoise.
-        for t in self.scheduler.timesteps:
-            model_input = torch.cat([x, x]) if guided else x
-            model_input = self.scheduler.scale_model_input(model_input, t).to(self.dtype)
-            eps = self.runner.unet(model_input, t, context).float()
+        # 4. Denoise: one static batch of B x K images (x2 with guidance) per UNet call.
+        for i, t in enumerate(timesteps):
+            model_input = self.scheduler.scale_model_input(x, t).to(self.dtype)
+            model_input = torch.cat([model_input, model_input]) if guided else model_input
+            eps = self.runner.unet(model_input, unet_timesteps[i], context).float()
             if guided:
                 eps_uncond, eps_cond = eps.chunk(2)
                 eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)

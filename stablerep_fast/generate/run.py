@@ -61,13 +61,15 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return getattr(torch, name)
 
 
-def load_pipeline(model: str, *, device: torch.device, dtype: torch.dtype, backend: str = "auto") -> Pipeline:
+def load_pipeline(
+    model: str, *, device: torch.device, dtype: torch.dtype, backend: str = "auto", cache_dir: Path | None = None
+) -> Pipeline:
     """``"shapes"``: the procedural renderer (no weights); else a Stable Diffusion model."""
     if model == "shapes":
         if backend not in ("auto", "eager"):
             raise GenerateError(f"the shapes generator has no {backend!r} backend; use --backend auto")
         return ShapesPipeline()
-    return StableRepPipeline.from_pretrained(model, device=device, dtype=dtype, backend=backend)
+    return StableRepPipeline.from_pretrained(model, device=device, dtype=dtype, backend=backend, cache_dir=cache_dir)
 
 
 def _sample_metadata(config: GenerateConfig, pipe: Pipeline, caption: str, index: int) -> dict:
@@ -162,7 +164,7 @@ def generate(config: GenerateConfig) -> GenerateSummary:
 
     # 2. Read the captions and load the model, before anything is written.
     captions = read_captions(config.captions, config.caption_column)
-    pipe = load_pipeline(config.model, device=device, dtype=dtype, backend=config.backend)
+    pipe = load_pipeline(config.model, device=device, dtype=dtype, backend=config.backend, cache_dir=config.engine_cache)
     if isinstance(pipe, StableRepPipeline):
         pipe.check_resolution(config.resolution)
 

@@ -1,0 +1,286 @@
+"""Generation suite: images/s of the pipeline per backend, UNet step ms, fraction of the FLOP floor.
+
+The models are built from configs with random weights (no download; the time of a network
+does not depend on its weights): on GPUs the Stable Diffusion 1.5 architecture in fp16 at
+512 px, whose FLOPs METHOD.md gives (0.80 TFLOP per UNet forward at a 64x64 latent, 2.5 TFLOP
+per VAE decode), so floor_frac compares with the tensor-core rate; on CPUs a tiny SD-shaped
+model at 64 px that runs in seconds. A real diffusers folder or checkpoint can be given
+instead (``sd_model``). Beside the SD backends, the procedural ``shapes`` generator (what
+tests and demos use) is timed with the same calling convention.
+
+Each record: suite, backend, device, dtype, model, captions (B), images_per_caption (K),
+batch (B x K images per call), steps, guidance, resolution, ms (median per call),
+throughput (images/s), unet_step_ms (one guided UNet call on 2 B K latents), peak_mb (GPU),
+speedup (vs eager, same model), floor_frac (images/s over the FLOP floor's images/s) and
+unet_floor_frac (the UNet floor over unet_step_ms), where the floor is known.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+from stablerep_fast.bench.report import error_text, skipped
+from stablerep_fast.bench.timing import peak_memory_mb, tensor_core_peak, time_fn
+
+TITLE = "generate: images/s of the text-to-image pipeline per backend"
+COLUMNS = ["backend", "model", "dtype", "batch", "steps", "resolution", "ms", "throughput", "unet_step_ms",
+           "peak_mb", "speedup", "floor_frac", "unet_floor_frac", "error"]  # fmt: skip
+
+# SD 1.5 at 512 px (64x64 latent, 77 tokens), METHOD.md.
+UNET_FLOPS = 0.80e12  # per UNet forward per latent
+VAE_DECODE_FLOPS = 2.5e12  # per image
+SD15_RESOLUTION = 512
+
+# Printable ASCII, each also as a word end: a byte-level BPE vocabulary with no merges.
+_CHARS = [chr(i) for i in range(33, 127)]
+
+
+def defaults(device: str, quick: bool) -> dict:
+    """What ``run_generate_suite`` measures by default on ``device``."""
+    if torch.device(device).type == "cuda":
+        return dict(captions=2 if quick else 4, images_per_caption=4 if quick else 10, steps=20 if quick else 50,
+                    resolution=512, dtype="float16", repeats=3 if quick else 5)  # fmt: skip
+    return dict(captions=2, images_per_caption=2, steps=10 if quick else 25, resolution=64, dtype="float32",
+                repeats=3 if quick else 5)  # fmt: skip
+
+
+def unavailable() -> str | None:
+    """Why the suite cannot run here, or None."""
+    try:
+        import diffusers  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        return f"needs diffusers and transformers ({exc})"
+    return None
+
+
+def _tokenizer(folder: Path):
+    from transformers import CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for token in _CHARS + [c + "</w>" for c in _CHARS]:
+        vocab[token] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+
+
+def random_sd_components(kind: str, folder: Path) -> dict:
+    """Tokenizer, text encoder, UNet, VAE and DDIM scheduler with random weights (on the CPU).
+
+    kind "sd15": the Stable Diffusion 1.5 architecture (860M-parameter UNet, CLIP ViT-L/14 text
+    encoder, 4-level VAE); "tiny": the same layout a few channels wide (tests' stand-in).
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = _tokenizer(folder)
+    torch.manual_seed(0)
+    if kind == "sd15":
+        text = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                              num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu")  # fmt: skip
+        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # the SD 1.x UNet
+        vae = AutoencoderKL(
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2,
+            latent_channels=4,
+            sample_size=512,
+        )
+    elif kind == "tiny":
+        text = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                              num_attention_heads=4, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
+                              pad_token_id=1)  # fmt: skip
+        unet = UNet2DConditionModel(
+            sample_size=16,
+            block_out_channels=(8, 16),
+            layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=4,
+            norm_num_groups=8,
+        )
+        vae = AutoencoderKL(
+            block_out_channels=(8, 16),
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            latent_channels=4,
+            layers_per_block=1,
+            norm_num_groups=8,
+        )
+    else:
+        raise ValueError(f"unknown random model {kind!r}; choose sd15 or tiny")
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)  # fmt: skip
+    return dict(tokenizer=tokenizer, text_encoder=CLIPTextModel(text), unet=unet, vae=vae, scheduler=scheduler)
+
+
+def _is_sd15(unet) -> bool:
+    """Whether ``unet`` (a diffusers UNet, maybe compiled) has SD 1.x's layout, whose FLOPs are known."""
+    config = getattr(unet, "config", None)
+    if config is None:
+        return False
+    return tuple(config.block_out_channels) == (320, 640, 1280, 1280) and config.cross_attention_dim == 768
+
+
+def _backend_table():
+    """(names, why each unavailable one cannot run) from the generation stage's public table."""
+    from stablerep_fast.generate import backends
+
+    return list(backends.BACKENDS), backends.unavailable_reason
+
+
+def _pipeline_factory(sd_model, device: torch.device, dtype: torch.dtype, folder: Path):
+    """(model id, make(backend) -> StableRepPipeline): ``sd_model`` loaded per backend, or
+    random-weight modules built once and shared."""
+    from diffusers.utils import logging as diffusers_logging
+
+    from stablerep_fast.generate import StableRepPipeline
+
+    if sd_model is not None:
+        return str(sd_model), lambda name: StableRepPipeline.from_pretrained(sd_model, device=device, dtype=dtype, backend=name)
+    kind = "sd15" if device.type == "cuda" else "tiny"
+    with torch.device(device):  # initialise on the device: seconds, not a minute, for SD 1.5 on a GPU
+        components = random_sd_components(kind, folder)
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # not the "keep some modules in float32" note: none are
+    try:
+        for key in ("text_encoder", "unet", "vae"):
+            components[key] = components[key].to(device, dtype)
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+    return f"{kind}-random", lambda name: StableRepPipeline(**components, model_id=f"{kind}-random", backend=name)
+
+
+def _measure_pipeline(pipe, *, captions: int, k: int, steps: int, guidance: float, resolution: int, output_size: int,
+                      device: torch.device, repeats: int) -> dict:  # fmt: skip
+    prompts = [f"a photo number {i}" for i in range(captions)]
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(captions, k, *pipe.latent_shape(resolution), generator=generator)
+
+    def call():
+        return pipe(prompts, latents, resolution=resolution, output_size=output_size, num_inference_steps=steps,
+                    guidance_scale=guidance)  # fmt: skip
+
+    call()  # warm-up: lazy initialisation, compilation, engine loading
+    # On a CPU, after the warm-up the process reuses heap it already holds, so its resident-set
+    # growth says little: peak memory is reported on GPUs only (allocator statistics).
+    peak = peak_memory_mb(call, device) if device.type == "cuda" else None
+    timing = time_fn(call, device, warmup=0, repeats=repeats)
+    images = captions * k
+    return dict(ms=timing.median_ms, p90_ms=timing.p90_ms, throughput=images / (timing.median_ms * 1e-3), peak_mb=peak)
+
+
+def _unet_step_ms(pipe, *, captions: int, k: int, resolution: int, device: torch.device, repeats: int) -> float:
+    """One guided UNet call (2 B K latents), through the backend the pipeline runs."""
+    rows = 2 * captions * k
+    latents = torch.randn(rows, *pipe.latent_shape(resolution), device=device, dtype=pipe.dtype)
+    with torch.inference_mode():
+        context = pipe.encode_prompt(["a photo"]).expand(rows, -1, -1).contiguous()
+        timestep = torch.tensor(500, device=device)
+        return time_fn(lambda: pipe.runner.unet(latents, timestep, context), device, warmup=2, repeats=repeats).median_ms
+
+
+def _sd_records(device: torch.device, dtype: str, names, sd_model, settings: dict, repeats: int) -> list[dict]:
+    all_names, reason_of = _backend_table()
+    base = dict(suite="generate", device=device.type, dtype=dtype, captions=settings["captions"],
+                images_per_caption=settings["k"], batch=settings["captions"] * settings["k"], steps=settings["steps"],
+                guidance=settings["guidance"], resolution=settings["resolution"])  # fmt: skip
+    records, run = [], []
+    for name in all_names if names is None else names:
+        if name not in all_names:
+            reason = f"unknown generation backend; choose from {all_names + ['shapes']}"
+        else:
+            reason = reason_of(name, device)
+        if reason is None and name == "compile" and device.type == "cpu" and names is None:
+            reason = "inductor's C++ build takes minutes on a CPU; ask for it with --generate-backends"
+        if reason is None:
+            run.append(name)
+        else:
+            records.append({**base, **skipped("generate", name, device.type, reason)})
+    if not run:
+        return records
+
+    peak = tensor_core_peak(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_id, make = _pipeline_factory(sd_model, device, getattr(torch, dtype), Path(tmp))
+        for name in run:
+            record = {**base, "backend": name, "model": model_id, "floor_frac": None, "unet_floor_frac": None}
+            records.append(record)
+            try:
+                pipe = make(name)
+                record.update(_measure_pipeline(pipe, captions=settings["captions"], k=settings["k"], steps=settings["steps"],
+                                                guidance=settings["guidance"], resolution=settings["resolution"],
+                                                output_size=settings["output_size"], device=device, repeats=repeats))  # fmt: skip
+                record["unet_step_ms"] = _unet_step_ms(pipe, captions=settings["captions"], k=settings["k"],
+                                                       resolution=settings["resolution"], device=device, repeats=repeats)  # fmt: skip
+                sd15 = model_id == "sd15-random" or _is_sd15(getattr(pipe.runner, "unet_module", None))
+            except Exception as exc:  # noqa: BLE001 - a backend's failure is its record's, not the suite's
+                record.update(ms=None, error=error_text(exc))
+                continue
+            finally:
+                pipe = None
+            if peak is not None and sd15 and settings["resolution"] == SD15_RESOLUTION:
+                passes = 2 if settings["guidance"] != 1.0 else 1
+                flops_per_image = settings["steps"] * passes * UNET_FLOPS + VAE_DECODE_FLOPS
+                record["floor_frac"] = record["throughput"] / (peak / flops_per_image)
+                unet_floor_ms = 2 * record["batch"] * UNET_FLOPS / peak * 1e3
+                record["unet_floor_frac"] = unet_floor_ms / record["unet_step_ms"]
+    eager = next((r["ms"] for r in records if r["backend"] == "eager" and r.get("ms")), None)
+    for r in records:
+        if r.get("ms"):
+            r["speedup"] = eager / r["ms"] if eager else None
+    return records
+
+
+def _shapes_record(device: torch.device, captions: int, k: int, resolution: int, repeats: int) -> dict:
+    from stablerep_fast.generate.shapes import ShapesPipeline
+
+    record = dict(suite="generate", backend="shapes", device=device.type, dtype="uint8", model="shapes", captions=captions,
+                  images_per_caption=k, batch=captions * k, steps=None, guidance=None, resolution=resolution,
+                  unet_step_ms=None, speedup=None, floor_frac=None, unet_floor_frac=None)  # fmt: skip
+    record.update(_measure_pipeline(ShapesPipeline(), captions=captions, k=k, steps=1, guidance=1.0, resolution=resolution,
+                                    output_size=resolution, device=torch.device("cpu"), repeats=repeats))  # fmt: skip
+    return record
+
+
+def run_generate_suite(
+    device: str,
+    *,
+    captions: int = 2,
+    images_per_caption: int = 2,
+    steps: int = 10,
+    guidance: float = 2.0,
+    resolution: int = 64,
+    output_size: int | None = None,
+    dtype: str = "float32",
+    backends: list[str] | None = None,
+    sd_model: str | Path | None = None,
+    shapes_resolution: int = 256,
+    repeats: int = 3,
+) -> list[dict]:
+    """Time the pipeline per backend (random-weight SD, or ``sd_model``) and the shapes generator.
+
+    backends: generation backends and/or "shapes"; None = every backend that can run here
+    (torch.compile on a CPU only when named) plus "shapes".
+    """
+    dev = torch.device(device)
+    settings = dict(captions=captions, k=images_per_caption, steps=steps, guidance=guidance, resolution=resolution,
+                    output_size=output_size or resolution)  # fmt: skip
+    sd_names = None if backends is None else [b for b in backends if b != "shapes"]
+    records = []
+    if sd_names is None or sd_names:
+        reason = unavailable()
+        if reason is None:
+            records += _sd_records(dev, dtype, sd_names, sd_model, settings, repeats)
+        else:
+            records.append(skipped("generate", "eager", dev.type, reason))
+    if backends is None or "shapes" in backends:
+        records.append(_shapes_record(dev, captions * 2, images_per_caption * 2, shapes_resolution, repeats))
+    return records

@@ -1,0 +1,89 @@
+"""What every suite shares: the environment, skip records and tables for people.
+
+A record is a flat dict (DESIGN.md): suite, backend, device, dtype, the sizes, ms (median),
+peak_mb, throughput, speedup, floor_frac, versions. A variant that cannot run here is a
+record too, with ``skipped`` set to the reason and no measurements, so the JSON says what was
+left out as well as what was measured.
+"""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+
+from stablerep_fast import __version__
+from stablerep_fast._ext import build_info
+
+
+def environment(device: str) -> dict:
+    """Versions and hardware the numbers were taken on."""
+    env = {
+        "stablerep_fast": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "extension": build_info(),
+    }
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except ImportError:
+        env["triton"] = None
+    if torch.device(device).type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def format_environment(env: dict) -> str:
+    """The environment as one line for people (the records carry all of it as ``versions``)."""
+    gpu = env.get("gpu") or "none in use"
+    ext = env.get("extension") or {}
+    return (f"environment: GPU {gpu}; torch {env['torch']} (CUDA {env['cuda'] or '-'}), triton {env.get('triton') or '-'}, "
+            f"Python {env['python']}, stablerep_fast {env['stablerep_fast']} (C++/CUDA extension "
+            f"{'built' if ext.get('built') else 'not built'}); CPU {env['cpu']}, {env['threads']} torch threads")  # fmt: skip
+
+
+def skipped(suite: str, backend: str, device: str, reason: str, **fields) -> dict:
+    """The record of a variant that was not run, and why."""
+    return {"suite": suite, "backend": backend, "device": device, **fields, "ms": None, "skipped": reason}
+
+
+def error_text(exc: BaseException) -> str:
+    """One line naming the exception (for a record's ``error``)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def format_table(records: list[dict], columns: list[str]) -> str:
+    """Records as an aligned text table (missing values shown as '-'); columns that are empty
+    in every record are left out."""
+
+    def cell(value) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+        return str(value)
+
+    columns = [c for c in columns if any(r.get(c) is not None for r in records)] or columns
+    rows = [columns] + [[cell(r.get(c)) for c in columns] for r in records]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
+    return "\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in rows)
+
+
+def format_suite(title: str, records: list[dict], columns: list[str]) -> str:
+    """A suite's heading, its table of measured records, then one line per skipped variant."""
+    measured = [r for r in records if not r.get("skipped")]
+    lines = [title]
+    if measured:
+        lines.append(format_table(measured, columns))
+    else:
+        lines.append("(nothing measured)")
+    for r in records:
+        if r.get("skipped"):
+            lines.append(f"skipped {r['suite']} {r['backend']}: {r['skipped']}")
+    return "\n".join(lines)

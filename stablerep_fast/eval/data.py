@@ -1,0 +1,97 @@
+"""Labelled evaluation data: an ImageFolder tree, a .npz of arrays, or the shapes held-out set.
+
+Every source gives a train and a test split, each either images (uint8 [N, H, W, 3]) to encode
+or features (float [N, D]) already computed, with int64 labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+TRAIN_DIRS, TEST_DIRS = ("train",), ("val", "test")
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+@dataclass
+class Split:
+    x: np.ndarray  # uint8 images [N, H, W, 3] or float features [N, D]
+    y: np.ndarray  # int64 [N]
+
+    @property
+    def is_features(self) -> bool:
+        return self.x.ndim == 2
+
+
+@dataclass
+class ProbeData:
+    train: Split
+    test: Split
+    class_names: tuple[str, ...]
+
+
+def load_probe_data(source: str, *, image_size: int = 64, per_class: int = 100, seed: int = 0) -> ProbeData:
+    """``source``: a folder with train/ and val/ (or test/) ImageFolder trees, a ``.npz`` with
+    x_train, y_train, x_test, y_test, or ``shapes[:ATTRIBUTE]`` (the shapes generator's
+    held-out set, ``per_class`` train and ``per_class // 2`` test images per value of the
+    attribute, default "shape"); ImageFolder and shapes images come at ``image_size``."""
+    if source == "shapes" or source.startswith("shapes:"):
+        return _shapes(source.partition(":")[2] or "shape", image_size, per_class, seed)
+    path = Path(source)
+    if path.suffix == ".npz" and path.is_file():
+        return _npz(path)
+    if path.is_dir():
+        return _image_folder(path, image_size)
+    raise FileNotFoundError(f"{source}: neither an ImageFolder tree, a .npz file nor shapes[:ATTRIBUTE]")
+
+
+def _shapes(label: str, image_size: int, per_class: int, seed: int) -> ProbeData:
+    from stablerep_fast.generate.shapes import make_probe_set
+
+    resolution = max(64, -(-image_size // 8) * 8)
+    train = make_probe_set(per_class, label=label, seed=2 * seed + 1, resolution=resolution, size=image_size)
+    test = make_probe_set(max(1, per_class // 2), label=label, seed=2 * seed + 2, resolution=resolution, size=image_size)
+    return ProbeData(Split(train.images, train.labels), Split(test.images, test.labels), train.class_names)
+
+
+def _npz(path: Path) -> ProbeData:
+    arrays = np.load(path)
+    missing = [k for k in NPZ_KEYS if k not in arrays]
+    if missing:
+        raise ValueError(f"{path}: missing arrays {missing}; expected {list(NPZ_KEYS)}")
+    splits = []
+    for x_key, y_key in (("x_train", "y_train"), ("x_test", "y_test")):
+        x, y = arrays[x_key], arrays[y_key].astype(np.int64)
+        if x.ndim == 4 and x.shape[1] == 3 and x.shape[-1] != 3:
+            x = x.transpose(0, 2, 3, 1)  # NCHW -> NHWC
+        if x.ndim not in (2, 4) or len(x) != len(y):
+            raise ValueError(f"{path}: {x_key} must be [N, D] features or [N, H, W, 3] images matching {y_key}")
+        splits.append(Split(x if x.ndim == 2 else x.astype(np.uint8), y))
+    names = tuple(str(c) for c in range(int(max(splits[0].y.max(), splits[1].y.max())) + 1))
+    return ProbeData(*splits, names)
+
+
+def _image_folder(root: Path, image_size: int) -> ProbeData:
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import v2 as T
+
+    train_dir = next((root / d for d in TRAIN_DIRS if (root / d).is_dir()), None)
+    test_dir = next((root / d for d in TEST_DIRS if (root / d).is_dir()), None)
+    if train_dir is None or test_dir is None:
+        raise FileNotFoundError(f"{root}: an ImageFolder probe set needs train/ and val/ (or test/) subfolders")
+    resize = T.Compose([T.Resize(image_size, antialias=True), T.CenterCrop(image_size)])
+
+    def load(folder: Path) -> tuple[Split, list[str]]:
+        dataset = ImageFolder(str(folder), loader=lambda p: Image.open(p).convert("RGB"))
+        images = [resize(T.functional.pil_to_tensor(dataset.loader(p))).permute(1, 2, 0) for p, _ in dataset.samples]
+        return Split(torch.stack(images).numpy(), np.array(dataset.targets, dtype=np.int64)), dataset.classes
+
+    train, classes = load(train_dir)
+    test, test_classes = load(test_dir)
+    if test_classes != classes:
+        raise ValueError(f"{root}: train and test folders have different classes")
+    return ProbeData(train, test, tuple(classes))

@@ -1,0 +1,321 @@
+"""The ``tensorrt`` backend: fp16 TensorRT engines of the text encoder, UNet and VAE decoder.
+
+Per component, on the first call with a given batch: export the module to ONNX with that
+static batch and latent size (``onnx_export.py``), build an engine with the TensorRT Python
+API (fp16, one optimisation profile pinned to the static shape, a timing cache on disk), and
+keep it in the engine cache under a key of everything it depends on (``engine_cache.py``);
+concurrent workers on one node build it once. Engines run on torch tensors: static input and
+output buffers bound once by data pointer, ``execute_async_v3`` on torch's current stream,
+optionally replayed as a CUDA graph. A smaller batch (the last of a shard) is padded to the
+engine's batch rather than building another engine.
+
+Written against TensorRT >= 10's documented Python API. On the machines this was written on
+TensorRT cannot be installed: everything around the engine is tested there (export, parity
+via onnxruntime, keys, locking, the build's API calls against a stand-in module), the engine
+build and run themselves only where TensorRT and a GPU exist.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from stablerep_fast.generate.engine_cache import EngineKey, build_once, default_cache_dir, file_lock, gpu_identity, slug, weights_hash
+from stablerep_fast.generate.onnx_export import export_onnx, graph_spec
+
+INSTALL_HINT = "pip install 'stablerep_fast[tensorrt]' on a machine with an NVIDIA GPU, or use --backend compile or eager"
+
+
+class TensorRTUnavailable(RuntimeError):
+    pass
+
+
+def import_tensorrt():
+    """The ``tensorrt`` module (>= 10), or TensorRTUnavailable saying why not in one line."""
+    try:
+        import tensorrt as trt
+    except Exception as exc:  # ImportError, or OSError when its CUDA libraries are missing
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TensorRTUnavailable(f"the tensorrt package cannot be imported ({detail}); {INSTALL_HINT}") from exc
+    major = int(str(getattr(trt, "__version__", "0")).split(".")[0] or 0)
+    if major < 10:
+        raise TensorRTUnavailable(f"TensorRT >= 10 is needed, found {trt.__version__}; {INSTALL_HINT}")
+    return trt
+
+
+def tensorrt_unavailable_reason() -> str | None:
+    try:
+        import_tensorrt()
+    except TensorRTUnavailable as exc:
+        return str(exc)
+    return None
+
+
+def profile_shapes(input_shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """One optimisation profile pinned to the static shapes: name -> (min, opt, max)."""
+    return {name: (tuple(shape),) * 3 for name, shape in input_shapes.items()}
+
+
+def timing_cache_path(cache_dir: Path, trt_version: str, gpu: str, capability: str) -> Path:
+    """Timing caches hold kernel timings of one GPU model and TensorRT version."""
+    return Path(cache_dir) / f"timing-{slug(gpu)}-sm{capability.replace('.', '')}-trt{trt_version}.cache"
+
+
+def _progress_monitor(trt, log: Callable[[str], None]):
+    """An IProgressMonitor logging top-level phases and every tenth of a long phase's steps."""
+
+    class Monitor(trt.IProgressMonitor):
+        def __init__(self):
+            trt.IProgressMonitor.__init__(self)
+            self.steps: dict[str, int] = {}
+            self.started: dict[str, float] = {}
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            self.steps[phase_name] = num_steps
+            self.started[phase_name] = time.perf_counter()
+            if parent_phase is None:
+                log(f"  TensorRT: {phase_name} ({num_steps} steps)")
+
+        def step_complete(self, phase_name, step):
+            total = self.steps.get(phase_name, 0)
+            if total >= 20 and (step + 1) % (total // 10) == 0:
+                log(f"  TensorRT: {phase_name} {step + 1}/{total}")
+            return True  # False would cancel the build
+
+        def phase_finish(self, phase_name):
+            started = self.started.pop(phase_name, None)
+            if started is not None and time.perf_counter() - started > 10:
+                log(f"  TensorRT: {phase_name} done in {time.perf_counter() - started:.0f} s")
+
+    return Monitor()
+
+
+def build_engine(
+    onnx_path: Path,
+    input_shapes: dict[str, tuple[int, ...]],
+    *,
+    fp16: bool = True,
+    timing_cache: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> bytes:
+    """Parse ``onnx_path`` and build a serialized engine: one optimisation profile pinned to
+    ``input_shapes``, the FP16 flag, the timing cache at ``timing_cache`` read first and
+    merged back after."""
+    trt = import_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):  # from the file: weights over 2 GB live beside it
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
+
+    config = builder.create_builder_config()
+    if fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    profile = builder.create_optimization_profile()
+    for name, (smallest, optimal, largest) in profile_shapes(input_shapes).items():
+        profile.set_shape(name, smallest, optimal, largest)
+    config.add_optimization_profile(profile)
+    if timing_cache is not None and timing_cache.is_file():
+        cache = config.create_timing_cache(timing_cache.read_bytes())
+        log(f"  TensorRT: timing cache {timing_cache}")
+    else:
+        cache = config.create_timing_cache(b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    monitor = _progress_monitor(trt, log) if hasattr(trt, "IProgressMonitor") else None
+    if monitor is not None:
+        config.progress_monitor = monitor
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see its log above)")
+    if timing_cache is not None:
+        _save_timing_cache(config, timing_cache)
+    return bytes(serialized)
+
+
+def _save_timing_cache(config, path: Path) -> None:
+    """Merge this build's timings with what other builds saved meanwhile, then replace."""
+    with file_lock(path.with_name(path.name + ".lock")):
+        merged = config.get_timing_cache()
+        if path.is_file():
+            merged.combine(config.create_timing_cache(path.read_bytes()), False)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(bytes(merged.serialize()))
+        tmp.replace(path)
+
+
+def _torch_dtype(trt, dtype) -> torch.dtype:
+    table = {
+        trt.float32: torch.float32,
+        trt.float16: torch.float16,
+        trt.bfloat16: torch.bfloat16,
+        trt.int32: torch.int32,
+        trt.int64: torch.int64,
+        trt.int8: torch.int8,
+        trt.bool: torch.bool,
+    }
+    return table[dtype]
+
+
+class Engine:
+    """A deserialized engine bound to static torch buffers on ``device``.
+
+    ``engine(name=tensor, ...)`` copies the inputs into the bound buffers (casting to the
+    engine's dtype), runs on torch's current stream, and returns the output buffers, which the
+    next call overwrites. With ``cuda_graph`` the enqueue is captured once and replayed."""
+
+    def __init__(self, data: bytes, device: torch.device, *, cuda_graph: bool = True, log: Callable[[str], None] = print):
+        trt = import_tensorrt()
+        self.device = device
+        self.log = log
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = self.runtime.deserialize_cuda_engine(data)
+        if self.engine is None:
+            raise RuntimeError("TensorRT could not deserialize the engine (built by another TensorRT version or GPU?)")
+        self.context = self.engine.create_execution_context()
+        self.inputs: dict[str, torch.Tensor] = {}
+        self.outputs: dict[str, torch.Tensor] = {}
+        for i in range(self.engine.num_io_tensors):
+            name = self.engine.get_tensor_name(i)
+            shape = tuple(self.engine.get_tensor_shape(name))
+            buffer = torch.empty(shape, dtype=_torch_dtype(trt, self.engine.get_tensor_dtype(name)), device=device)
+            if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                self.context.set_input_shape(name, shape)
+                self.inputs[name] = buffer
+            else:
+                self.outputs[name] = buffer
+            self.context.set_tensor_address(name, buffer.data_ptr())
+        self.batch = next(iter(self.inputs.values())).shape[0]
+        self.use_graph = cuda_graph
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def _enqueue(self, stream: torch.cuda.Stream) -> None:
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError("TensorRT execute_async_v3 failed")
+
+    def _capture(self) -> None:
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            self._enqueue(stream)  # a first run outside capture: TensorRT finishes lazy set-up
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, stream=stream):
+                self._enqueue(stream)
+        except RuntimeError as exc:
+            self.log(f"  TensorRT: CUDA graph capture failed ({exc}); running without")
+            self.use_graph = False
+            return
+        self.graph = graph
+
+    def __call__(self, **feeds: torch.Tensor) -> dict[str, torch.Tensor]:
+        for name, value in feeds.items():
+            self.inputs[name].copy_(value.reshape(self.inputs[name].shape))
+        if self.use_graph and self.graph is None:
+            self._capture()
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._enqueue(torch.cuda.current_stream(self.device))
+        return self.outputs
+
+
+def pad_batch(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """Rows of ``x`` followed by copies of its first row up to ``batch`` rows (a static shape)."""
+    if x.shape[0] == batch:
+        return x
+    return torch.cat([x, x[:1].expand(batch - x.shape[0], *x.shape[1:])])
+
+
+class TensorRTBackend:
+    """Engines for the three networks, built lazily at the first call's batch (see module doc)."""
+
+    name = "tensorrt"
+
+    def __init__(
+        self,
+        text_encoder: torch.nn.Module,
+        unet: torch.nn.Module,
+        vae: torch.nn.Module,
+        *,
+        cache_dir: Path | None = None,
+        precision: str = "fp16",
+        cuda_graph: bool = True,
+        log: Callable[[str], None] = print,
+    ):
+        self.trt = import_tensorrt()
+        self.modules = {"text_encoder": text_encoder, "unet": unet, "vae_decoder": vae}
+        self.device = unet.device
+        if self.device.type != "cuda":
+            raise TensorRTUnavailable("TensorRT engines run on CUDA GPUs only")
+        self.dtype = unet.dtype
+        self.cache_dir = Path(cache_dir or default_cache_dir()) / "tensorrt"
+        self.precision = precision
+        self.cuda_graph = cuda_graph
+        self.log = log
+        self.gpu, self.capability = gpu_identity(self.device)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self._hashes: dict[str, str] = {}
+        self._engines: dict[str, Engine] = {}
+
+    def engine_key(self, component: str, batch: int, resolution: int, shapes: dict[str, tuple[int, ...]]) -> EngineKey:
+        if component not in self._hashes:
+            self._hashes[component] = weights_hash(self.modules[component])
+        return EngineKey(
+            weights=self._hashes[component],
+            component=component,
+            resolution=resolution,
+            batch=batch,
+            precision=self.precision,
+            gpu=self.gpu,
+            compute_capability=self.capability,
+            trt_version=self.trt.__version__,
+            shapes=";".join(f"{name}={'x'.join(map(str, shape))}" for name, shape in shapes.items()),
+        )
+
+    def _engine(self, component: str, batch: int, latent_side: int = 0, text_len: int = 77) -> Engine:
+        engine = self._engines.get(component)
+        if engine is not None and engine.batch >= batch:
+            return engine
+        spec = graph_spec(component, self.modules[component], batch=batch, latent_side=latent_side, text_len=text_len)
+        key = self.engine_key(component, batch, latent_side * self.vae_scale_factor, spec.input_shapes())
+
+        def build() -> bytes:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=f".onnx-{component}-") as tmp:
+                started = time.perf_counter()
+                self.log(f"  exporting {component} to ONNX with inputs {spec.input_shapes()} ...")
+                onnx_path = export_onnx(spec, Path(tmp) / f"{component}.onnx")
+                self.log(f"  exported in {time.perf_counter() - started:.0f} s; building (this takes minutes) ...")
+                timing = timing_cache_path(self.cache_dir, self.trt.__version__, self.gpu, self.capability)
+                return build_engine(onnx_path, spec.input_shapes(), fp16=self.precision == "fp16", timing_cache=timing, log=self.log)
+
+        _, data, _ = build_once(self.cache_dir, key, build, log=self.log)
+        engine = Engine(data, self.device, cuda_graph=self.cuda_graph, log=self.log)
+        self._engines[component] = engine
+        return engine
+
+    def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        n, length = input_ids.shape
+        engine = self._engine("text_encoder", n, text_len=length)
+        out = engine(input_ids=pad_batch(input_ids, engine.batch))["text_embeddings"]
+        return out[:n].to(self.dtype, copy=True)
+
+    def unet(self, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        n = latents.shape[0]
+        engine = self._engine("unet", n, latent_side=latents.shape[-1], text_len=context.shape[1])
+        timestep = torch.as_tensor(timestep, device=self.device).reshape(1)
+        out = engine(sample=pad_batch(latents, engine.batch), timestep=timestep, encoder_hidden_states=pad_batch(context, engine.batch))
+        return out["noise_pred"][:n].to(self.dtype, copy=True)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        n = latents.shape[0]
+        engine = self._engine("vae_decoder", n, latent_side=latents.shape[-1])
+        return engine(latent=pad_batch(latents, engine.batch))["images"][:n].to(self.dtype, copy=True)

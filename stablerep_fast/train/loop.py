@@ -1,0 +1,238 @@
+"""``train(config, loader)``: the training loop (single process, or DDP under torchrun)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from stablerep_fast.ops import multipos_clip_loss, multipos_con_loss
+from stablerep_fast.train.checkpoint import CHECKPOINT, load_checkpoint, rng_states, save_checkpoint, set_rng_states
+from stablerep_fast.train.config import ConfigError, TrainConfig
+from stablerep_fast.train.model import StableRepModel, Tokenizer, build_model
+from stablerep_fast.train.optim import build_optimizer, build_scheduler
+
+LOG_FILE = "log.jsonl"
+CONFIG_FILE = "config.yaml"
+
+
+class Loader(Protocol):
+    """What the loop needs of a loader (``stablerep_fast.data.build_loader`` gives one):
+    iterating yields (images [n*m, 3, S, S], labels [n*m]) view-major from the current
+    position to the end of an epoch; the position round-trips through a state dict."""
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@dataclass
+class TrainSummary:
+    out: Path
+    step: int  # the global step reached
+    images: int  # images trained on by this run, all ranks
+    seconds: float
+    losses: list[float] = field(default_factory=list)  # per step of this run, this rank's loss
+    checkpoint: Path | None = None
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+class _IndexCaptions:
+    """Caption texts by caption id, read from the shards' ``KEY.json`` on first use."""
+
+    def __init__(self, index):
+        self._by_id = {c.caption_id: c for c in index.captions}
+        self._texts: dict[int, str] = {}
+
+    def __getitem__(self, caption_id: int) -> str:
+        if caption_id not in self._texts:
+            self._texts[caption_id] = self._by_id[caption_id].info()["caption"]
+        return self._texts[caption_id]
+
+
+def train(config: TrainConfig, loader: Loader | None = None, captions=None) -> TrainSummary:
+    """Train ``config`` and return a summary; under torchrun every rank calls this.
+
+    loader:   this rank's batches; None builds one from ``config.data`` (stablerep_fast.data).
+    captions: caption text by caption id, for the text tower; None reads them from the shards.
+    """
+    # 1. Processes, device, seeds.
+    owns_group = _init_distributed()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    config.validate(world)
+    device = _device(config)
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
+    out = Path(config.out)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        config.save(out / CONFIG_FILE)
+
+    # 2. Data, model, optimizer, schedule.
+    loader = loader if loader is not None else _build_loader(config, device, rank, world)
+    if config.text and captions is None:
+        captions = _IndexCaptions(loader.index)
+    tokenizer = Tokenizer(config.context_length) if config.text else None
+    model = build_model(config).to(device)
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config)
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
+
+    # 3. Resume.
+    step = 0
+    if config.resume and (out / CHECKPOINT).exists():
+        state = load_checkpoint(out / CHECKPOINT)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        loader.load_state_dict(state["loader"])
+        set_rng_states(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
+        step = state["step"]
+
+    # 4. The loop.
+    last = min(config.steps, config.stop_at or config.steps)
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    logger = _Logger(out, config, rank, start=step, total=last) if rank == 0 else None
+    model.train()
+    losses, images_seen, started = [], 0, time.perf_counter()
+    batches = _forever(loader)
+    while step < last:
+        images, labels = next(batches)
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        n = labels.shape[0] // config.images_per_caption
+        tokens = tokenizer([captions[int(i)] for i in labels[:n].tolist()]).to(device) if tokenizer else None
+        with autocast:
+            terms = _loss(ddp(images, config.images_per_caption, tokens), labels, n, config)
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        images_seen += labels.shape[0] * world
+        losses.append(terms["loss"].detach())
+        if logger is not None:
+            logger.step(step, terms, scheduler.get_last_lr()[0], labels.shape[0] * world)
+        if step % config.checkpoint_every == 0 or step == last:
+            _checkpoint(out, model, optimizer, scheduler, loader, step, config, rank, world)
+    if logger is not None:
+        logger.close()
+    seconds = time.perf_counter() - started
+    if owns_group:
+        dist.destroy_process_group()
+    return TrainSummary(out, step, images_seen, seconds, [float(x) for x in losses],
+                        out / CHECKPOINT if (out / CHECKPOINT).exists() else None)  # fmt: skip
+
+
+def _loss(outputs: dict, labels: torch.Tensor, n: int, config: TrainConfig) -> dict:
+    image_loss = multipos_con_loss(outputs["feats"], labels, config.temperature, backend=config.loss_backend)
+    if "text_emb" not in outputs:
+        return {"loss": image_loss}
+    text_loss = multipos_clip_loss(
+        outputs["image_emb"], outputs["text_emb"], labels, labels[:n], outputs["logit_scale"], backend=config.loss_backend
+    )
+    loss = config.image_loss_weight * image_loss + config.text_loss_weight * text_loss
+    return {"loss": loss, "image_loss": image_loss, "text_loss": text_loss, "logit_scale": outputs["logit_scale"]}
+
+
+def _forever(loader: Iterable) -> Iterator:
+    while True:
+        yield from loader
+
+
+def _init_distributed() -> bool:
+    """Join torchrun's process group (NCCL on GPU, gloo on CPU) unless one exists; True if created here."""
+    if dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
+
+
+def _device(config: TrainConfig) -> torch.device:
+    if config.device is not None:
+        return torch.device(config.device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _build_loader(config: TrainConfig, device: torch.device, rank: int, world: int):
+    from stablerep_fast.data import build_loader
+
+    if not config.data:
+        raise ConfigError("no training data: set data to a shard folder written by `stablerep-fast generate`")
+    return build_loader(
+        config.data, config.captions_per_batch // world, config.images_per_caption, config.image_size,
+        backend=config.loader_backend, device=device, seed=config.seed, rank=rank, world_size=world,
+        num_workers=config.num_workers, augment=config.augment,
+    )  # fmt: skip
+
+
+def _checkpoint(out: Path, model: StableRepModel, optimizer, scheduler, loader, step: int, config: TrainConfig,
+                rank: int, world: int) -> None:  # fmt: skip
+    """Every rank's RNG states are gathered; rank 0 writes."""
+    rng = rng_states()
+    states = [None] * world
+    if world > 1:
+        dist.all_gather_object(states, rng)
+    else:
+        states = [rng]
+    if rank == 0:
+        save_checkpoint(out / CHECKPOINT, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "loader": loader.state_dict(), "rng": states, "step": step, "config": config.to_dict(),
+        })  # fmt: skip
+
+
+class _Logger:
+    """Rank 0's progress bar (images/s, loss), JSONL scalars and optional TensorBoard."""
+
+    def __init__(self, out: Path, config: TrainConfig, rank: int, *, start: int, total: int):
+        self.every = config.log_every
+        self.file = open(out / LOG_FILE, "a")
+        self.bar = tqdm(total=total, initial=start, unit="step", disable=not config.progress, dynamic_ncols=True)
+        self.tb = None
+        if config.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise ConfigError("tensorboard logging needs: pip install 'stablerep_fast[tensorboard]'") from exc
+            self.tb = SummaryWriter(out / "tensorboard")
+        self.window_images, self.window_start = 0, time.perf_counter()
+
+    def step(self, step: int, terms: dict, lr: float, images: int) -> None:
+        self.bar.update(1)
+        self.window_images += images
+        if step % self.every:
+            return
+        now = time.perf_counter()
+        record = {"step": step, **{k: v.item() for k, v in terms.items()}, "lr": lr,
+                  "images_per_s": self.window_images / (now - self.window_start)}  # fmt: skip
+        self.window_images, self.window_start = 0, now
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        self.bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
+        if self.tb is not None:
+            for key, value in record.items():
+                if key != "step":
+                    self.tb.add_scalar(f"train/{key}", value, step)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()

@@ -1,0 +1,76 @@
+"""Probes and kNN on synthetic features with a known answer, and the data sources."""
+
+import numpy as np
+import pytest
+import torch
+
+from stablerep_fast.eval import ProbeConfig, evaluate, extract_features, knn_accuracy, linear_probe, load_probe_data
+
+
+def _blobs(n_per_class: int, classes: int = 5, dim: int = 32, noise: float = 1.0, seed: int = 0):
+    """Gaussian clusters around random centres, separable up to a little overlap."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 3.0, (classes, dim))
+    y = np.repeat(np.arange(classes), n_per_class)
+    x = centres[y] + noise * rng.normal(size=(len(y), dim))
+    return x.astype(np.float32), y
+
+
+@pytest.mark.parametrize("method", ["lbfgs", "sgd"])
+def test_linear_probe_separates_separable_features(method):
+    train_x, train_y = _blobs(60, seed=0)
+    test_x, test_y = _blobs(30, seed=0)[0][::2], _blobs(30, seed=0)[1][::2]
+    result = linear_probe(train_x, train_y, test_x, test_y, method=method, epochs=20)
+    assert result.accuracy >= 0.95, result
+    assert result.best in result.val_accuracy and len(result.val_accuracy) == 5
+
+
+def test_linear_probe_is_at_chance_on_noise():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(400, 16)).astype(np.float32), rng.integers(0, 4, 400)
+    result = linear_probe(x[:300], y[:300], x[300:], y[300:], sweep=(1e-2,))
+    assert result.accuracy < 0.45
+
+
+def test_knn_on_clusters():
+    x, y = _blobs(40, noise=0.5)
+    assert knn_accuracy(x[::2], y[::2], x[1::2], y[1::2], k=5) >= 0.95
+
+
+def test_evaluate_a_features_npz(tmp_path):
+    x, y = _blobs(40)
+    np.savez(tmp_path / "f.npz", x_train=x[::2], y_train=y[::2], x_test=x[1::2], y_test=y[1::2])
+    data = load_probe_data(str(tmp_path / "f.npz"))
+    assert data.train.is_features and data.class_names == ("0", "1", "2", "3", "4")
+    result = evaluate(None, data, ProbeConfig())
+    assert result["probe_acc"] >= 0.95 and result["knn_acc"] >= 0.95 and result["feature_dim"] == 32
+
+
+def test_evaluate_images_through_an_encoder(tmp_path):
+    """Colour-coded classes in an ImageFolder tree; a mean-colour encoder separates them."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    colours = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
+    for split, count in (("train", 8), ("val", 4)):
+        for name, colour in colours.items():
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(count):
+                pixels = np.clip(np.array(colour) + rng.normal(0, 20, (20, 24, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / name / f"{i}.png")
+    data = load_probe_data(str(tmp_path), image_size=16)
+    assert data.class_names == ("blue", "green", "red") and data.train.x.shape == (24, 16, 16, 3)
+    encoder = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    features = extract_features(encoder, data.test.x, image_size=8, batch_size=5)
+    assert features.shape == (12, 3) and features.dtype == np.float32
+    assert evaluate(encoder, data, ProbeConfig(knn_k=3), image_size=8)["probe_acc"] == 1.0
+
+
+def test_shapes_held_out_set_and_bad_sources(tmp_path):
+    data = load_probe_data("shapes:texture", image_size=32, per_class=4)
+    assert data.train.x.shape == (16, 32, 32, 3) and data.test.x.shape == (8, 32, 32, 3)
+    assert not np.array_equal(data.train.x[:8], data.test.x)  # train and test are different draws
+    with pytest.raises(FileNotFoundError):
+        load_probe_data(str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="method"):
+        linear_probe(*_blobs(4), *_blobs(2), method="svm")
