@@ -30,68 +30,19 @@ from stablerep_fast.bench import environment, format_table
 from stablerep_fast.bench.timing import time_fn
 from stablerep_fast.generate import StableRepPipeline
 from stablerep_fast.generate.backends import BACKENDS, unavailable_reason
+from stablerep_fast.generate.random_sd import random_sd_components
 
-# SD 1.5's UNet (runwayml/stable-diffusion-v1-5, unet/config.json).
-SD15_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, center_input_sample=False, flip_sin_to_cos=True, freq_shift=0,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, downsample_padding=1, mid_block_scale_factor=1,
-    act_fn="silu", norm_num_groups=32, norm_eps=1e-5, cross_attention_dim=768, attention_head_dim=8,
-)  # fmt: skip
-# Its VAE (vae/config.json) and CLIP ViT-L/14 text tower (text_encoder/config.json).
-SD15_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, act_fn="silu",
-    norm_num_groups=32, sample_size=512, scaling_factor=0.18215,
-)  # fmt: skip
-SD15_TEXT = dict(
-    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-    max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=0, eos_token_id=1, pad_token_id=1,
-)  # fmt: skip
-# A few-hundred-KB stand-in with the same structure, for CPUs.
-TINY_UNET = dict(
-    sample_size=16, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-    cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8,
-)  # fmt: skip
-TINY_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), layers_per_block=1,
-    down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8,
-)  # fmt: skip
-TINY_TEXT = dict(SD15_TEXT, vocab_size=200, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
-PRESETS = {"sd15": (SD15_UNET, SD15_VAE, SD15_TEXT), "tiny": (TINY_UNET, TINY_VAE, TINY_TEXT)}
+PRESETS = ("sd15", "tiny")
 CAPTION = "a photo of a small red bird sitting on a branch"
 
 
-def make_tokenizer(folder: Path):
-    """CLIP's tokenizer class over printable ASCII (no download); ids stay below 200."""
-    from transformers import CLIPTokenizer
-
-    chars = [chr(i) for i in range(33, 127)]
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for token in chars + [c + "</w>" for c in chars]:
-        vocab[token] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
-
-
-def build_pipeline(preset: str, backend: str, device: torch.device, dtype: torch.dtype, tokenizer, cache_dir: Path):
+def build_pipeline(preset: str, backend: str, device: torch.device, dtype: torch.dtype, folder: Path, cache_dir: Path):
     """Fresh random-weight modules (seeded: every backend gets the same weights)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    unet_cfg, vae_cfg, text_cfg = PRESETS[preset]
-    torch.manual_seed(0)
     with torch.device(device):
-        unet = UNet2DConditionModel(**unet_cfg).to(dtype)
-        vae = AutoencoderKL(**vae_cfg).to(dtype)
-        text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg)).to(dtype)
-    scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1
-    )
-    return StableRepPipeline(tokenizer, text_encoder, unet, vae, scheduler, model_id=f"random-{preset}", backend=backend, cache_dir=cache_dir)
+        components = random_sd_components(preset, folder)
+    for key in ("text_encoder", "unet", "vae"):
+        components[key] = components[key].to(device, dtype)
+    return StableRepPipeline(**components, model_id=f"random-{preset}", backend=backend, cache_dir=cache_dir)
 
 
 def count_flops(pipe: StableRepPipeline, resolution: int) -> tuple[float, float]:
@@ -184,7 +135,6 @@ def main() -> None:
     peak = peak_flops(device, args.peak_tflops)
     records = []
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = make_tokenizer(Path(tmp))
         flops = None
         for name in names:
             reason = unavailable_reason(name, device)
@@ -192,7 +142,7 @@ def main() -> None:
                 print(f"skipping {name}: {reason}")
                 continue
             for batch in args.batch_sizes:
-                pipe = build_pipeline(args.preset, name, device, dtype, tokenizer, args.cache_dir)
+                pipe = build_pipeline(args.preset, name, device, dtype, Path(tmp), args.cache_dir)
                 if flops is None:
                     flops = count_flops(pipe, args.resolution)
                     print(f"FLOPs: {flops[0] / 1e12:.3f} TFLOP per UNet row, {flops[1] / 1e12:.3f} TFLOP per decode")

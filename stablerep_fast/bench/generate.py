@@ -17,7 +17,6 @@ unet_floor_frac (the UNet floor over unet_step_ms), where the floor is known.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 
 from stablerep_fast.bench.report import error_text, skipped
 from stablerep_fast.bench.timing import peak_memory_mb, tensor_core_peak, time_fn
+from stablerep_fast.generate.random_sd import random_sd_components
 
 TITLE = "generate: images/s of the text-to-image pipeline per backend"
 COLUMNS = ["backend", "model", "dtype", "batch", "steps", "resolution", "ms", "throughput", "unet_step_ms",
@@ -34,10 +34,6 @@ COLUMNS = ["backend", "model", "dtype", "batch", "steps", "resolution", "ms", "t
 UNET_FLOPS = 0.80e12  # per UNet forward per latent
 VAE_DECODE_FLOPS = 2.5e12  # per image
 SD15_RESOLUTION = 512
-
-# Printable ASCII, each also as a word end: a byte-level BPE vocabulary with no merges.
-_CHARS = [chr(i) for i in range(33, 127)]
-
 
 def defaults(device: str, quick: bool) -> dict:
     """What ``run_generate_suite`` measures by default on ``device``."""
@@ -56,69 +52,6 @@ def unavailable() -> str | None:
     except ImportError as exc:
         return f"needs diffusers and transformers ({exc})"
     return None
-
-
-def _tokenizer(folder: Path):
-    from transformers import CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for token in _CHARS + [c + "</w>" for c in _CHARS]:
-        vocab[token] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
-
-
-def random_sd_components(kind: str, folder: Path) -> dict:
-    """Tokenizer, text encoder, UNet, VAE and DDIM scheduler with random weights (on the CPU).
-
-    kind "sd15": the Stable Diffusion 1.5 architecture (860M-parameter UNet, CLIP ViT-L/14 text
-    encoder, 4-level VAE); "tiny": the same layout a few channels wide (tests' stand-in).
-    """
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    tokenizer = _tokenizer(folder)
-    torch.manual_seed(0)
-    if kind == "sd15":
-        text = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                              num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu")  # fmt: skip
-        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # the SD 1.x UNet
-        vae = AutoencoderKL(
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(128, 256, 512, 512),
-            layers_per_block=2,
-            latent_channels=4,
-            sample_size=512,
-        )
-    elif kind == "tiny":
-        text = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                              num_attention_heads=4, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
-                              pad_token_id=1)  # fmt: skip
-        unet = UNet2DConditionModel(
-            sample_size=16,
-            block_out_channels=(8, 16),
-            layers_per_block=1,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=32,
-            attention_head_dim=4,
-            norm_num_groups=8,
-        )
-        vae = AutoencoderKL(
-            block_out_channels=(8, 16),
-            down_block_types=("DownEncoderBlock2D",) * 2,
-            up_block_types=("UpDecoderBlock2D",) * 2,
-            latent_channels=4,
-            layers_per_block=1,
-            norm_num_groups=8,
-        )
-    else:
-        raise ValueError(f"unknown random model {kind!r}; choose sd15 or tiny")
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)  # fmt: skip
-    return dict(tokenizer=tokenizer, text_encoder=CLIPTextModel(text), unet=unet, vae=vae, scheduler=scheduler)
 
 
 def _is_sd15(unet) -> bool:
