@@ -293,7 +293,10 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stablerep-fast", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="stablerep-fast",
+        description="StableRep, fast: generate synthetic images, train with the multi-positive loss, probe, benchmark.",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_bench(subparsers)
     _add_generate(subparsers)
