@@ -22,6 +22,7 @@ import torch
 
 from stablerep_fast.bench.report import error_text, skipped
 from stablerep_fast.bench.timing import time_fn
+from stablerep_fast.shards import is_dataset
 
 TITLE = "data: images/s of build_loader (decode + StableRep augmentations + batch on the device)"
 COLUMNS = ["backend", "workers", "batch", "resolution", "image_size", "batches", "ms", "throughput", "speedup",
@@ -114,7 +115,7 @@ def run_data_suite(
         return records
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(shards) if shards is not None else Path(tmp)
-        if (folder / "dataset.json").is_file():
+        if is_dataset(folder):
             data = folder
         else:
             data = make_shapes_shards(folder, captions, resolution, images_per_caption=max(10, images_per_caption))

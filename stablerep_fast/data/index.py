@@ -1,14 +1,10 @@
 """The one module that reads shards: list them, read ``dataset.json``, find each caption's images.
 
-A shard folder, as ``stablerep_fast.generate`` writes it, holds ``dataset.json`` (the generation
-config) and ``shard-XXXXXX.tar`` files, each with a DALI index ``shard-XXXXXX.idx`` (wds2idx v1.2)
-beside it and, written last, a done marker ``shard-XXXXXX.done.json`` recording the tar's size
-in ``bytes``. A tar holds one sample per caption: ``KEY.json``
-(caption, caption index, seeds, ...), ``KEY.txt`` and ``KEY.0.jpg`` ... ``KEY.{K-1}.jpg``.
-
-``open_index`` takes a folder, a list of folders generated from the same captions with different
-seeds (their images are pooled per caption), or a brace pattern over folders or tars. Images are
-byte ranges inside the tars, so a loader reads exactly the members it decodes.
+The format (names, members, .idx, done markers) is ``stablerep_fast.shards``'. ``open_index``
+takes a folder, a list of folders generated from the same captions with different seeds (their
+images are pooled per caption), or a brace pattern over folders or tars. Images are byte ranges
+inside the tars, so a loader reads exactly the members it decodes; a sample's caption id comes
+from its key, so indexing reads no member at all when the shard has its .idx.
 """
 
 from __future__ import annotations
@@ -23,13 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-log = logging.getLogger("stablerep_fast.data")
+from stablerep_fast import shards as fmt
 
-DATASET_FILE = "dataset.json"
-SHARD_GLOB = "shard-*.tar"
-DONE_SUFFIX = ".done.json"  # {"bytes": tar size, counts, seconds}, written after the tar is complete
-INDEX_SUFFIX = ".idx"
-INDEX_VERSION = "v1.2"  # wds2idx: "v1.2 SAMPLES", then per sample "EXT OFFSET SIZE NAME" repeated
+log = logging.getLogger("stablerep_fast.data")
 
 
 class ShardError(RuntimeError):
@@ -99,7 +91,7 @@ def open_index(shards: str | os.PathLike | Sequence[str | os.PathLike]) -> Shard
     by_caption: dict[int, Caption] = {}
     index = ShardIndex(captions=[], configs=[], shards=[])
     for folder, tars in folders.items():
-        config = read_config(folder)
+        config = fmt.read_dataset(folder)
         _check_same_captions(index.configs, config, folder)
         index.configs.append(config)
         for tar in tars:
@@ -117,14 +109,6 @@ def open_index(shards: str | os.PathLike | Sequence[str | os.PathLike]) -> Shard
     return index
 
 
-def read_config(folder: str | os.PathLike) -> dict:
-    """``folder/dataset.json``: the generation config (K = ``images_per_caption``, ``image_format``)."""
-    path = Path(folder) / DATASET_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {folder} a folder written by stablerep_fast.generate?")
-    return json.loads(path.read_text())
-
-
 def _check_same_captions(configs: list[dict], config: dict, folder: str) -> None:
     """Folders are pooled per caption id, which only means something for the same captions."""
     if configs and configs[0].get("captions_sha256") != config.get("captions_sha256"):
@@ -140,11 +124,11 @@ def _tars_by_folder(shards) -> dict[str, list[str]]:
     folders: dict[str, list[str]] = defaultdict(list)
     for path in paths:
         if os.path.isdir(path):
-            folders[path].extend(_finished(sorted(str(p) for p in Path(path).glob(SHARD_GLOB))))
-        elif os.path.isfile(path) and path.endswith(".tar"):
+            folders[path].extend(_finished(sorted(str(p) for p in Path(path).glob(fmt.SHARD_GLOB))))
+        elif os.path.isfile(path) and path.endswith(fmt.TAR_SUFFIX):
             folders[os.path.dirname(path) or "."].extend(_finished([path]))
         else:
-            raise FileNotFoundError(f"{path}: neither a shard folder nor a .tar file")
+            raise FileNotFoundError(f"{path}: neither a shard folder nor a {fmt.TAR_SUFFIX} file")
     return folders
 
 
@@ -152,47 +136,36 @@ def _finished(tars: Iterable[str]) -> list[str]:
     """Tars whose done marker exists; the others are reported and left out."""
     done = []
     for tar in tars:
-        if os.path.exists(_sibling(tar, DONE_SUFFIX)):
+        if os.path.exists(fmt.sibling(tar, fmt.DONE_SUFFIX)):
             done.append(tar)
         else:
             log.warning("skipping %s: no done marker (generation unfinished?)", tar)
     return done
 
 
-def _sibling(tar: str, suffix: str) -> str:
-    return tar[: -len(".tar")] + suffix
-
-
 def _read_shard(tar: str) -> dict[str, dict[str, Member]]:
     """{key: {extension: Member}} from the shard's .idx (or a tar scan without one), size-checked."""
     tar_size = os.path.getsize(tar)
-    recorded = json.loads(Path(_sibling(tar, DONE_SUFFIX)).read_text()).get("bytes", tar_size)
+    recorded = fmt.read_done(fmt.sibling(tar, fmt.DONE_SUFFIX)).get("bytes", tar_size)
     if tar_size != recorded:
         raise ShardError(f"truncated tar {tar}: {tar_size} bytes, its done marker records {recorded}")
-    idx = _sibling(tar, INDEX_SUFFIX)
+    idx = fmt.sibling(tar, fmt.INDEX_SUFFIX)
     entries = _read_idx(idx, tar) if os.path.exists(idx) else _scan_tar(tar)
     samples: dict[str, dict[str, Member]] = defaultdict(dict)
     for member in entries:
         if member.offset + member.size > tar_size:
             raise ShardError(f"truncated tar {tar}: {member.name} ends at byte {member.offset + member.size} > {tar_size}")
-        base = os.path.basename(member.name)
-        key, _, ext = base.partition(".")  # DALI's rule: the extension is all after the first dot
+        key, ext = fmt.split_member(member.name)
         samples[key][ext] = member
     return samples
 
 
 def _read_idx(idx: str, tar: str) -> list[Member]:
-    with open(idx) as f:
-        header = f.readline().split()
-        if len(header) != 2 or header[0] != INDEX_VERSION:
-            raise ShardError(f"{idx}: expected a wds2idx {INDEX_VERSION} index, header is {header}")
-        members = []
-        for line in f:
-            fields = line.split()
-            for i in range(0, len(fields), 4):
-                ext, offset, size, name = fields[i : i + 4]
-                members.append(Member(tar, int(offset), int(size), name))
-    return members
+    try:
+        entries = fmt.read_index(idx)
+    except ValueError as exc:
+        raise ShardError(str(exc)) from exc
+    return [Member(tar, offset, size, name) for _, offset, size, name in entries]
 
 
 def _scan_tar(tar: str) -> list[Member]:
@@ -218,13 +191,17 @@ def _add_samples(by_caption: dict[int, Caption], samples: dict[str, dict[str, Me
             log.warning("%s: sample %s has no %s.json, skipped", tar, key, key)
             missing += expected
             continue
-        images = [members.get(f"{k}.{image_format}") for k in range(expected)]
+        try:
+            caption_id = fmt.caption_id(key)
+        except ValueError:
+            log.warning("%s: sample %s is not keyed by a caption id, skipped", tar, key)
+            missing += expected
+            continue
+        images = [members.get(fmt.image_ext(k, image_format)) for k in range(expected)]
         absent = [k for k, member in enumerate(images) if member is None]
         if absent:
             log.warning("%s: sample %s lacks images %s", tar, key, absent)
             missing += len(absent)
-        meta = members["json"]
-        caption_id = int(json.loads(meta.read())["caption_index"])
-        caption = by_caption.setdefault(caption_id, Caption(caption_id, [], meta))
+        caption = by_caption.setdefault(caption_id, Caption(caption_id, [], members["json"]))
         caption.images.extend(member for member in images if member is not None)
     return missing

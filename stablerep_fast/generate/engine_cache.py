@@ -10,18 +10,18 @@ workers on one node build once, the others wait and reuse.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import re
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
+
+from stablerep_fast.atomic import atomic_write, file_lock
 
 # Bump when the exported graphs or the build settings change in a way the other fields miss.
 ENGINE_FORMAT = 1
@@ -83,34 +83,6 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
 
 
-@contextmanager
-def file_lock(path: Path, *, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
-    """Hold an exclusive ``fcntl.flock`` on ``path`` (created if needed). ``on_wait`` is called
-    once if another process holds it, before blocking. The kernel drops the lock if the holder
-    dies, so a crashed builder never blocks the others for good."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait is not None:
-                on_wait()
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def cached_engine(path: Path, key: EngineKey) -> bytes | None:
     """The engine at ``path`` if it exists and its key file says it was built for ``key``."""
     meta = path.with_suffix(".json")
@@ -151,8 +123,8 @@ def build_once(
         started = time.perf_counter()
         log(f"building the {key.component} engine (batch {key.batch}, {key.resolution} px, {key.precision}) -> {path}")
         data = build()
-        _write_atomic(path, data)
+        atomic_write(path, data)
         record = {"key": asdict(key), "bytes": len(data), "build_seconds": round(time.perf_counter() - started, 1)}
-        _write_atomic(path.with_suffix(".json"), json.dumps(record, indent=2).encode())
+        atomic_write(path.with_suffix(".json"), json.dumps(record, indent=2).encode())
         log(f"built the {key.component} engine in {time.perf_counter() - started:.0f} s ({len(data) / 2**20:.0f} MiB)")
         return path, data, True

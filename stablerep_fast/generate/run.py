@@ -18,15 +18,8 @@ from stablerep_fast.generate.farm import resolve_device, resolve_farm, shards_fo
 from stablerep_fast.generate.pipeline import StableRepPipeline
 from stablerep_fast.generate.seeds import ANCHOR, initial_noise, noise_seed
 from stablerep_fast.generate.shapes import ShapesPipeline
-from stablerep_fast.generate.shards import (
-    Sample,
-    ShardWriter,
-    clear_shard,
-    dataset_record,
-    ensure_dataset_json,
-    is_done,
-    sample_key,
-)
+from stablerep_fast.generate.shard_writer import Sample, ShardWriter, clear_shard, dataset_record, ensure_dataset_json
+from stablerep_fast.shards import is_done, sample_key
 
 # Batches waiting for the writer thread before generation pauses: enough to hide JPEG
 # encoding behind the next batch, few enough to bound memory.
@@ -106,7 +99,7 @@ def _generate_shard(
     progress: tqdm,
     started: float,
 ) -> None:
-    """Generate one shard, B captions per call, and commit it (see shards.py)."""
+    """Generate one shard, B captions per call, and commit it (see shard_writer.py)."""
     out = Path(config.out)
     clear_shard(out, shard)
     writer = ShardWriter(out, shard, image_format=config.image_format, quality=config.quality, rank=rank)
@@ -153,8 +146,8 @@ def _generate_shard(
 
 
 def generate(config: GenerateConfig) -> GenerateSummary:
-    """Generate this rank's shards of ``config.out`` that are not done yet (see shards.py for
-    the layout). Raises GenerateError for bad input, a bad model or a folder holding another
+    """Generate this rank's shards of ``config.out`` that are not done yet (see stablerep_fast.shards
+    for the layout). Raises GenerateError for bad input, a bad model or a folder holding another
     configuration."""
     # 1. Check the settings and where this process stands in the farm.
     config.validate()

@@ -24,7 +24,8 @@ from typing import Callable
 
 import torch
 
-from stablerep_fast.generate.engine_cache import EngineKey, build_once, default_cache_dir, file_lock, gpu_identity, slug, weights_hash
+from stablerep_fast.atomic import atomic_write, file_lock
+from stablerep_fast.generate.engine_cache import EngineKey, build_once, default_cache_dir, gpu_identity, slug, weights_hash
 from stablerep_fast.generate.onnx_export import export_onnx, graph_spec
 
 INSTALL_HINT = "pip install 'stablerep_fast[tensorrt]' on a machine with an NVIDIA GPU, or use --backend compile or eager"
@@ -145,9 +146,7 @@ def _save_timing_cache(config, path: Path) -> None:
         merged = config.get_timing_cache()
         if path.is_file():
             merged.combine(config.create_timing_cache(path.read_bytes()), False)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(bytes(merged.serialize()))
-        tmp.replace(path)
+        atomic_write(path, bytes(merged.serialize()))
 
 
 def _torch_dtype(trt, dtype) -> torch.dtype:

@@ -6,13 +6,13 @@ config, so ``resume`` continues as if the run had never stopped.
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from stablerep_fast.atomic import AtomicFile
 from stablerep_fast.train.config import TrainConfig
 from stablerep_fast.train.model import StableRepModel, build_model
 
@@ -21,13 +21,8 @@ CHECKPOINT = "checkpoint.pt"
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """Write ``state`` to ``path`` so that a crash leaves the previous file intact."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with AtomicFile(path) as f:
         torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def load_checkpoint(path: str | Path) -> dict:

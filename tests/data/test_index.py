@@ -9,7 +9,7 @@ from conftest import CAPTIONS, K, write_shards
 
 from stablerep_fast.generate import shapes
 
-from stablerep_fast.data.index import expand_braces, open_index
+from stablerep_fast.data.index import Member, expand_braces, open_index
 
 
 def test_folder(shards):
@@ -99,3 +99,13 @@ def test_unfinished_shard_is_left_out(tmp_path, caplog):
 def test_not_a_shard_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="dataset.json"):
         open_index(tmp_path)
+
+
+def test_caption_ids_come_from_the_keys_not_the_json_members(tmp_path, monkeypatch):
+    folder = write_shards(tmp_path / "keys", 12)
+    reads = []
+    monkeypatch.setattr(Member, "read", lambda self: reads.append(self.name) or b"")
+    index = open_index(folder)  # with .idx files: no member is read at all
+    assert reads == []
+    assert [c.caption_id for c in index.captions] == list(range(12))
+    assert [c.meta.name for c in index.captions] == [f"{i:09d}.json" for i in range(12)]

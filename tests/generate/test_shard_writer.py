@@ -9,7 +9,9 @@ import pytest
 from PIL import Image
 
 from stablerep_fast.generate import GenerateError
-from stablerep_fast.generate.shards import Sample, ShardWriter, clear_shard, ensure_dataset_json, is_done
+from stablerep_fast.atomic import TEMP_SUFFIX
+from stablerep_fast.generate.shard_writer import Sample, ShardWriter, clear_shard, ensure_dataset_json
+from stablerep_fast.shards import is_done
 
 K = 3
 
@@ -97,21 +99,23 @@ def test_unfinished_shards_are_not_done_and_get_cleared(tmp_path):
     _write_shard(tmp_path, shard=0)
     _write_shard(tmp_path, shard=1)
     (tmp_path / "shard-000001.done.json").unlink()  # killed between rename and marker
-    (tmp_path / "shard-000002.tar.tmp-12345").write_bytes(b"truncated")  # killed mid-write
+    (tmp_path / f"shard-000002.tar.12345-0a1b2c3d{TEMP_SUFFIX}").write_bytes(b"truncated")  # killed mid-write
+    (tmp_path / "shard-000001.notes.txt").write_text("the user's")  # not the package's: kept
     assert is_done(tmp_path, 0) and not is_done(tmp_path, 1) and not is_done(tmp_path, 2)
     with open(tmp_path / "shard-000000.tar", "ab") as f:  # a tar that is not the one recorded
         f.write(b"\0" * 512)
     assert not is_done(tmp_path, 0)
     for shard in (1, 2):
         clear_shard(tmp_path, shard)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-000000.done.json", "shard-000000.idx", "shard-000000.tar"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "shard-000000.done.json", "shard-000000.idx", "shard-000000.tar", "shard-000001.notes.txt"]  # fmt: skip
 
 
 def test_a_crash_while_writing_leaves_no_shard(tmp_path):
     writer = ShardWriter(tmp_path, 5, image_format="jpg", quality=90)
     writer.add([Sample("000000000", "c", {}, np.zeros((1, 8, 8, 3), np.uint8))])
     assert [p.name for p in tmp_path.iterdir()] == [writer.tmp.name]
-    assert writer.tmp.name.startswith(f"shard-000005.tar.tmp-{os.getpid()}-")
+    assert writer.tmp.name.startswith(f"shard-000005.tar.{os.getpid()}-") and writer.tmp.name.endswith(TEMP_SUFFIX)
     writer.abort()
     assert list(tmp_path.iterdir()) == []
 

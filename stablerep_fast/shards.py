@@ -1,0 +1,162 @@
+"""The on-disk format of a generated dataset: the one place that names its files and members.
+
+``stablerep_fast.generate`` writes it and ``stablerep_fast.data`` reads it, both through here.
+A dataset folder (one sample per caption; a sample's key is its caption id, 9 digits, no dots):
+
+    dataset.json                 the settings that define the images (K = images_per_caption,
+                                 image_format, seed, model, ..., captions_sha256, num_shards)
+    shard-000000.tar             000000042.json  {caption, caption_index, seeds, guidance, ...}
+                                 000000042.txt   the caption
+                                 000000042.0.jpg ... 000000042.{K-1}.jpg
+    shard-000000.idx             DALI (wds2idx) index: "v1.2 <samples>", then one line per
+                                 sample of "<ext> <data offset> <size> <member name>" groups
+    shard-000000.done.json       written last: {shard, captions, images, bytes, seconds, rank}
+
+Every file is published atomically (``stablerep_fast.atomic``); a shard counts as done only
+when its done marker exists and its tar has the size the marker records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from stablerep_fast.atomic import atomic_write, is_temp
+
+DATASET_FILE = "dataset.json"
+DATASET_VERSION = 1
+SHARD_PREFIX = "shard-"
+TAR_SUFFIX = ".tar"
+INDEX_SUFFIX = ".idx"
+DONE_SUFFIX = ".done.json"  # {"bytes": tar size, counts, seconds}, written after the tar is complete
+SHARD_SUFFIXES = (TAR_SUFFIX, INDEX_SUFFIX, DONE_SUFFIX)
+SHARD_GLOB = f"{SHARD_PREFIX}*{TAR_SUFFIX}"
+INDEX_VERSION = "v1.2"  # wds2idx: "v1.2 SAMPLES", then per sample "EXT OFFSET SIZE NAME" repeated
+KEY_DIGITS = 9
+
+IndexEntry = tuple[str, int, int, str]  # (extension, data offset, size, member name)
+
+
+# Shard files.
+def shard_stem(shard: int) -> str:
+    """``shard-000042``: the name of shard 42's files without their suffix."""
+    return f"{SHARD_PREFIX}{shard:06d}"
+
+
+def shard_file(folder: str | os.PathLike, shard: int, suffix: str) -> Path:
+    """The file of ``shard`` with ``suffix`` (TAR_SUFFIX, INDEX_SUFFIX or DONE_SUFFIX)."""
+    return Path(folder) / f"{shard_stem(shard)}{suffix}"
+
+
+def sibling(tar: str | os.PathLike, suffix: str) -> str:
+    """The file beside ``tar`` of the same shard with ``suffix`` (its .idx or done marker)."""
+    tar = os.fspath(tar)
+    if not tar.endswith(TAR_SUFFIX):
+        raise ValueError(f"{tar}: not a {TAR_SUFFIX} file")
+    return tar[: -len(TAR_SUFFIX)] + suffix
+
+
+def shard_files(folder: str | os.PathLike, shard: int) -> list[Path]:
+    """The files of ``shard`` in ``folder`` that this package writes and that exist: its tar,
+    .idx and done marker and their temporary files. Nothing else matches, whatever its name."""
+    stem = shard_stem(shard)
+    names = {stem + suffix for suffix in SHARD_SUFFIXES}
+    found = []
+    for path in Path(folder).glob(f"{stem}.*"):
+        if path.name in names or (is_temp(path) and any(path.name.startswith(name + ".") for name in names)):
+            found.append(path)
+    return sorted(found)
+
+
+# Samples and members.
+def sample_key(caption_id: int) -> str:
+    """The key of caption ``caption_id``'s sample: its id, zero-padded to KEY_DIGITS."""
+    return f"{caption_id:0{KEY_DIGITS}d}"
+
+
+def caption_id(key: str) -> int:
+    """The caption id a sample key holds; ValueError for a key this package did not write."""
+    if not re.fullmatch(r"\d+", key):
+        raise ValueError(f"sample key {key!r} is not a caption id")
+    return int(key)
+
+
+def image_ext(k: int, image_format: str) -> str:
+    """The member extension of a sample's image ``k``: ``"3.jpg"``."""
+    return f"{k}.{image_format}"
+
+
+def member_name(key: str, ext: str) -> str:
+    return f"{key}.{ext}"
+
+
+def split_member(name: str) -> tuple[str, str]:
+    """Member name -> (key, extension); as DALI and WebDataset read it, the extension is all
+    after the first dot of the base name."""
+    key, _, ext = os.path.basename(name).partition(".")
+    return key, ext
+
+
+# The .idx file.
+def format_index(samples: list[list[IndexEntry]]) -> bytes:
+    """The .idx text of a shard: per sample, its members' (ext, offset, size, name)."""
+    lines = [f"{INDEX_VERSION} {len(samples)}"]
+    lines += [" ".join(f"{ext} {offset} {size} {name}" for ext, offset, size, name in sample) for sample in samples]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def read_index(path: str | os.PathLike) -> list[IndexEntry]:
+    """The members an .idx file lists; ValueError naming the file if it is not one."""
+    with open(path) as f:
+        header = f.readline().split()
+        if len(header) != 2 or header[0] != INDEX_VERSION:
+            raise ValueError(f"{path}: expected a wds2idx {INDEX_VERSION} index, header is {header}")
+        entries = []
+        for number, line in enumerate(f, start=2):
+            fields = line.split()
+            if len(fields) % 4:
+                raise ValueError(f"{path}: line {number} does not hold groups of 'ext offset size name'")
+            for i in range(0, len(fields), 4):
+                ext, offset, size, name = fields[i : i + 4]
+                entries.append((ext, int(offset), int(size), name))
+    return entries
+
+
+# The done marker.
+def write_done(folder: str | os.PathLike, shard: int, record: dict) -> None:
+    """Publish the done marker of ``shard``: the last file a shard gets."""
+    atomic_write(shard_file(folder, shard, DONE_SUFFIX), json.dumps(record).encode())
+
+
+def read_done(path: str | os.PathLike) -> dict:
+    """A done marker's record (``bytes``: the size of its tar)."""
+    return json.loads(Path(path).read_text())
+
+
+def is_done(folder: str | os.PathLike, shard: int) -> bool:
+    """True when the shard's done marker exists and its tar has the size the marker records."""
+    try:
+        recorded = read_done(shard_file(folder, shard, DONE_SUFFIX))["bytes"]
+        return shard_file(folder, shard, TAR_SUFFIX).stat().st_size == recorded
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+# dataset.json.
+def dataset_file(folder: str | os.PathLike) -> Path:
+    return Path(folder) / DATASET_FILE
+
+
+def is_dataset(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds a dataset of this package (its dataset.json)."""
+    return dataset_file(folder).is_file()
+
+
+def read_dataset(folder: str | os.PathLike) -> dict:
+    """``folder/dataset.json``: the generation settings (K = ``images_per_caption``, ``image_format``)."""
+    path = dataset_file(folder)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {folder} a folder written by stablerep_fast.generate?")
+    return json.loads(path.read_text())

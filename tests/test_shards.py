@@ -1,0 +1,93 @@
+"""The shard format module and atomic writes: names, keys, the .idx round trip, done markers."""
+
+import json
+import os
+import threading
+
+import pytest
+
+from stablerep_fast import shards
+from stablerep_fast.atomic import TEMP_SUFFIX, AtomicFile, atomic_write, is_temp
+
+
+def test_names_and_keys():
+    assert shards.shard_stem(42) == "shard-000042"
+    assert shards.sibling("/d/shard-000042.tar", shards.DONE_SUFFIX) == "/d/shard-000042.done.json"
+    with pytest.raises(ValueError, match="not a .tar file"):
+        shards.sibling("/d/notes.txt", shards.INDEX_SUFFIX)
+    for caption_id in (0, 7, 123456789, 10**10):
+        key = shards.sample_key(caption_id)
+        assert "." not in key and len(key) >= shards.KEY_DIGITS and shards.caption_id(key) == caption_id
+    for bad in ("", "abc", "12a", "-3", "1.5"):
+        with pytest.raises(ValueError, match="not a caption id"):
+            shards.caption_id(bad)
+    name = shards.member_name(shards.sample_key(5), shards.image_ext(3, "jpg"))
+    assert name == "000000005.3.jpg" and shards.split_member(f"some/dir/{name}") == ("000000005", "3.jpg")
+
+
+def test_index_round_trip(tmp_path):
+    samples = [[("json", 512, 20, "000000000.json"), ("0.jpg", 1024, 700, "000000000.0.jpg")], [("json", 2048, 19, "000000001.json")]]
+    path = tmp_path / "a.idx"
+    path.write_bytes(shards.format_index(samples))
+    assert path.read_text().splitlines()[0] == "v1.2 2"
+    assert shards.read_index(path) == [entry for sample in samples for entry in sample]
+    path.write_text("v1.2 1\njson 512 20\n")
+    with pytest.raises(ValueError, match="line 2"):
+        shards.read_index(path)
+    path.write_text("v1.1 1\n")
+    with pytest.raises(ValueError, match="expected a wds2idx v1.2 index"):
+        shards.read_index(path)
+
+
+def test_done_marker_and_shard_files(tmp_path):
+    tar = shards.shard_file(tmp_path, 3, shards.TAR_SUFFIX)
+    tar.write_bytes(b"x" * 1024)
+    assert not shards.is_done(tmp_path, 3)
+    shards.write_done(tmp_path, 3, {"bytes": 1024})
+    assert shards.is_done(tmp_path, 3) and shards.read_done(shards.sibling(tar, shards.DONE_SUFFIX)) == {"bytes": 1024}
+    shards.write_done(tmp_path, 3, {"bytes": 1000})
+    assert not shards.is_done(tmp_path, 3)
+    ours = [tmp_path / f"shard-000003.idx.1-ab{TEMP_SUFFIX}"]
+    theirs = [tmp_path / "shard-000003.tar.bak", tmp_path / "shard-000003.jpg", tmp_path / "shard-000004.tar",
+              tmp_path / f"shard-000003.other.1-ab{TEMP_SUFFIX}"]  # fmt: skip
+    for path in ours + theirs:
+        path.write_bytes(b"")
+    assert shards.shard_files(tmp_path, 3) == sorted([tar, tmp_path / "shard-000003.done.json", *ours])
+
+
+def test_read_dataset_names_the_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="dataset.json not found"):
+        shards.read_dataset(tmp_path)
+    assert not shards.is_dataset(tmp_path)
+    (tmp_path / shards.DATASET_FILE).write_text(json.dumps({"images_per_caption": 3}))
+    assert shards.is_dataset(tmp_path) and shards.read_dataset(tmp_path) == {"images_per_caption": 3}
+
+
+def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):
+    path = tmp_path / "f.bin"
+    assert atomic_write(path, b"one") and path.read_bytes() == b"one"
+    assert atomic_write(path, b"two") and path.read_bytes() == b"two"
+    with pytest.raises(RuntimeError):
+        with AtomicFile(path) as f:
+            f.write(b"half")
+            raise RuntimeError("killed mid-write")
+    assert path.read_bytes() == b"two" and sorted(os.listdir(tmp_path)) == ["f.bin"]
+    atomic = AtomicFile(path)
+    atomic.file.write(b"three")
+    assert is_temp(atomic.tmp) and atomic.tmp.parent == tmp_path and path.read_bytes() == b"two"
+    atomic.commit()
+    assert path.read_bytes() == b"three" and sorted(os.listdir(tmp_path)) == ["f.bin"]
+
+
+def test_exclusive_atomic_write_has_one_winner(tmp_path):
+    path = tmp_path / "once.json"
+    results = []
+    threads = [threading.Thread(target=lambda i=i: results.append((i, atomic_write(path, str(i).encode(), exclusive=True))))
+               for i in range(8)]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [i for i, won in results if won]
+    assert len(winners) == 1 and path.read_text() == str(winners[0])
+    assert os.listdir(tmp_path) == ["once.json"]
