@@ -30,7 +30,7 @@ from stablerep_fast.bench import environment, format_table
 from stablerep_fast.bench.timing import time_fn
 from stablerep_fast.generate import StableRepPipeline
 from stablerep_fast.generate.backends import BACKENDS, unavailable_reason
-from stablerep_fast.generate.random_sd import random_sd_components
+from stablerep_fast.testing import random_sd_components
 
 PRESETS = ("sd15", "tiny")
 CAPTION = "a photo of a small red bird sitting on a branch"
@@ -49,7 +49,7 @@ def count_flops(pipe: StableRepPipeline, resolution: int) -> tuple[float, float]
     """FLOPs of one UNet row (one image, one step, one guidance branch) and one VAE decode."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    unet = pipe.runner.unet_module if hasattr(pipe.runner, "unet_module") else pipe.runner.modules["unet"]
+    unet = pipe.unet
     vae = pipe.vae
     latent = torch.randn(1, *pipe.latent_shape(resolution), device=pipe.device, dtype=pipe.dtype)
     context = torch.randn(1, 77, unet.config.cross_attention_dim, device=pipe.device, dtype=pipe.dtype)
@@ -94,8 +94,8 @@ def bench_one(pipe, batch: int, args, flops: tuple[float, float], peak: float | 
     context = pipe.encode_prompt(prompts * (2 if guided else 1))
     t = torch.tensor(500, device=device)
     with torch.inference_mode():
-        unet = time_fn(lambda: pipe.runner.unet(latents, t, context), device, warmup=3, repeats=args.unet_repeats)
-        vae = time_fn(lambda: pipe.runner.decode(latents[:batch]), device, warmup=1, repeats=args.repeats)
+        unet = time_fn(lambda: pipe.predict_noise(latents, t, context), device, warmup=3, repeats=args.unet_repeats)
+        vae = time_fn(lambda: pipe.decode(latents[:batch]), device, warmup=1, repeats=args.repeats)
     image_s = total.median_ms / 1e3 / batch
     flops_per_image = args.steps * (2 if guided else 1) * flops[0] + flops[1]
     record = dict(

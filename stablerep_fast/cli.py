@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -100,7 +101,9 @@ def _add_generate(subparsers) -> None:
     p = subparsers.add_parser("generate", help="captions -> K images per caption -> resumable WebDataset shards")
     p.add_argument("--captions", type=Path, required=True, help=".txt (one per line), .csv/.tsv/.parquet (a caption column) or .jsonl")
     p.add_argument("--caption-column", default=None, help="caption column of a table (default: caption/text/prompt/title)")
-    p.add_argument("--model", default=d.model, help="'shapes' (procedural, no weights), a diffusers folder or a single-file checkpoint")
+    p.add_argument("--model", default=d.model,
+                   help="'shapes' (procedural, no weights), a diffusers folder, a single-file checkpoint, or your own "
+                        "generator class as package.module:Class (instantiated with no arguments)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="output folder (re-running resumes)")
     p.add_argument("--images-per-caption", type=int, default=d.images_per_caption, metavar="K")
     p.add_argument("--steps", type=int, default=d.steps, help="DDIM steps")
@@ -131,6 +134,8 @@ def _run_generate(args: argparse.Namespace) -> int:
     from stablerep_fast.generate import GenerateConfig, GenerateError, generate
 
     config = GenerateConfig(**{f.name: getattr(args, f.name) for f in fields(GenerateConfig)})
+    if os.getcwd() not in sys.path:  # --model my_module:MyGenerator finds modules in the current folder
+        sys.path.insert(0, os.getcwd())
     try:
         summary = generate(config)
     except GenerateError as exc:

@@ -24,7 +24,7 @@ import torch
 
 from stablerep_fast.bench.report import error_text, skipped
 from stablerep_fast.bench.timing import peak_memory_mb, tensor_core_peak, time_fn
-from stablerep_fast.generate.random_sd import random_sd_components
+from stablerep_fast.testing import random_sd_components
 
 TITLE = "generate: images/s of the text-to-image pipeline per backend"
 COLUMNS = ["backend", "model", "dtype", "batch", "steps", "resolution", "ms", "throughput", "unet_step_ms",
@@ -117,7 +117,7 @@ def _unet_step_ms(pipe, *, captions: int, k: int, resolution: int, device: torch
     with torch.inference_mode():
         context = pipe.encode_prompt(["a photo"]).expand(rows, -1, -1).contiguous()
         timestep = torch.tensor(500, device=device)
-        return time_fn(lambda: pipe.runner.unet(latents, timestep, context), device, warmup=2, repeats=repeats).median_ms
+        return time_fn(lambda: pipe.predict_noise(latents, timestep, context), device, warmup=2, repeats=repeats).median_ms
 
 
 def _sd_records(device: torch.device, dtype: str, names, sd_model, settings: dict, repeats: int) -> list[dict]:
@@ -153,7 +153,7 @@ def _sd_records(device: torch.device, dtype: str, names, sd_model, settings: dic
                                                 output_size=settings["output_size"], device=device, repeats=repeats))  # fmt: skip
                 record["unet_step_ms"] = _unet_step_ms(pipe, captions=settings["captions"], k=settings["k"],
                                                        resolution=settings["resolution"], device=device, repeats=repeats)  # fmt: skip
-                sd15 = model_id == "sd15-random" or _is_sd15(getattr(pipe.runner, "unet_module", None))
+                sd15 = model_id == "sd15-random" or _is_sd15(pipe.unet)
             except Exception as exc:  # noqa: BLE001 - a backend's failure is its record's, not the suite's
                 record.update(ms=None, error=error_text(exc))
                 continue

@@ -3,7 +3,9 @@
 Public API:
 
     generate(config) -> GenerateSummary     this rank's shards of config.out (resumable)
-    GenerateConfig, GenerateError           the settings; the one-line user-facing error
+    GenerateConfig, GenerateError           the settings (config.model: any Generator); the one-line error
+    Generator, GenerationOutput             the protocol every generator satisfies, and its output
+    load_generator                          "shapes", a Stable Diffusion folder or "pkg.module:Class"
     StableRepPipeline                       Stable Diffusion, B captions x K given noises per call
     read_captions, initial_noise, noise_seed
     shapes                                  the procedural generator: make_captions, make_probe_set
@@ -12,8 +14,9 @@ Public API:
 from stablerep_fast.generate import shapes
 from stablerep_fast.generate.captions import Captions, read_captions
 from stablerep_fast.generate.config import GenerateConfig, GenerateError
-from stablerep_fast.generate.pipeline import GenerationOutput, StableRepPipeline
-from stablerep_fast.generate.run import GenerateSummary, generate, load_pipeline
+from stablerep_fast.generate.generator import GenerationOutput, Generator, load_generator, to_uint8_images
+from stablerep_fast.generate.pipeline import StableRepPipeline
+from stablerep_fast.generate.run import GenerateSummary, generate
 from stablerep_fast.generate.seeds import initial_noise, noise_seed
 
 __all__ = [
@@ -22,11 +25,13 @@ __all__ = [
     "GenerateError",
     "GenerateSummary",
     "GenerationOutput",
+    "Generator",
     "StableRepPipeline",
     "generate",
     "initial_noise",
-    "load_pipeline",
+    "load_generator",
     "noise_seed",
     "read_captions",
     "shapes",
+    "to_uint8_images",
 ]

@@ -10,7 +10,7 @@ to BACKENDS. Every factory takes ``(text_encoder, unet, vae, *, cache_dir=None)`
 - ``compile``: eager's modules under ``torch.compile`` with static shapes; on GPU the UNet
   step replays as a CUDA graph (mode "reduce-overhead"); inductor's artefacts are cached
   under ``<cache>/inductor`` between runs. A smaller last batch is padded to the static one.
-- ``tensorrt``: fp16 TensorRT engines, cached on disk (``tensorrt.py``).
+- ``tensorrt``: fp16 TensorRT engines, cached on disk (``tensorrt/``).
 - ``auto``: tensorrt if it imports and a GPU is present, else compile on a GPU, else eager.
 """
 
@@ -23,9 +23,9 @@ from typing import Callable
 
 import torch
 
-from stablerep_fast.generate.config import GenerateError
-from stablerep_fast.generate.engine_cache import default_cache_dir
-from stablerep_fast.generate.tensorrt import TensorRTBackend, pad_batch, tensorrt_unavailable_reason
+from stablerep_fast.generate.config import GenerateError, default_cache_dir
+from stablerep_fast.generate.padding import pad_batch
+from stablerep_fast.generate.tensorrt import TensorRTBackend, tensorrt_unavailable_reason
 
 
 def optimise_modules(text_encoder: torch.nn.Module, unet: torch.nn.Module, vae: torch.nn.Module) -> list[str]:

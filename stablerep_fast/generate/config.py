@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stablerep_fast.generate.seeds import VIEWS
+
+if TYPE_CHECKING:
+    from stablerep_fast.generate.generator import Generator
 
 BACKEND_CHOICES = ("auto", "eager", "compile", "tensorrt")
 DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
@@ -34,6 +39,14 @@ class GenerateError(Exception):
     """A problem with the user's input or environment, reported as one line (no traceback)."""
 
 
+def default_cache_dir() -> Path:
+    """Where compiled artefacts and engines are kept: $STABLEREP_FAST_CACHE, else
+    $XDG_CACHE_HOME/stablerep_fast, else ~/.cache/stablerep_fast."""
+    if os.environ.get("STABLEREP_FAST_CACHE"):
+        return Path(os.environ["STABLEREP_FAST_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "stablerep_fast"
+
+
 @dataclass
 class GenerateConfig:
     """Everything ``generate`` needs. ``world_size``/``rank`` None: from torchrun/Slurm env;
@@ -41,7 +54,9 @@ class GenerateConfig:
 
     captions: Path
     out: Path
-    model: str = "shapes"  # "shapes", a diffusers folder or a single-file checkpoint
+    # "shapes", a diffusers folder, a single-file checkpoint, "my_pkg.my_module:MyGenerator",
+    # or a Generator object (see generator.py)
+    model: str | Generator = "shapes"
     images_per_caption: int = 10
     steps: int = 50
     guidance: float = 2.0
@@ -61,7 +76,7 @@ class GenerateConfig:
     latent_std: float = 0.5  # sigma of --views latent-neighbors
     caption_column: str | None = None
     progress: bool = True
-    engine_cache: Path | None = None  # compiled artefacts and TensorRT engines; None: engine_cache.default_cache_dir()
+    engine_cache: Path | None = None  # compiled artefacts and TensorRT engines; None: default_cache_dir()
 
     def validate(self) -> None:
         """Raise GenerateError naming the first bad setting."""
@@ -86,6 +101,8 @@ class GenerateConfig:
             if not ok:
                 raise GenerateError(message)
 
-    def dataset_fields(self) -> dict:
-        """The settings dataset.json records (see DATASET_FIELDS)."""
-        return {name: asdict(self)[name] for name in DATASET_FIELDS}
+    def dataset_fields(self, model_id: str) -> dict:
+        """The settings dataset.json records (see DATASET_FIELDS); the model as its generator's
+        ``model_id``."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name in DATASET_FIELDS}
+        return {name: model_id if name == "model" else values[name] for name in DATASET_FIELDS}

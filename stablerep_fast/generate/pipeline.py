@@ -1,36 +1,22 @@
 """Stable Diffusion for StableRep: B captions x K given noises -> B x K images per call.
 
-Reads like a diffusers pipeline (named components, ``__call__`` in numbered steps) but takes
-the initial noise as input, so every image is reproducible from its own seed, and runs its
-networks through a swappable backend (``backends.py``).
+Reads like a diffusers pipeline (named components ``tokenizer``, ``text_encoder``, ``unet``,
+``vae``, ``scheduler``; ``__call__`` in numbered steps) but takes the initial noise as input, so
+every image is reproducible from its own seed, and runs its networks through a swappable
+backend (``backends.py``). It satisfies the Generator protocol (``generator.py``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from stablerep_fast.generate.backends import resolve_backend
 from stablerep_fast.generate.config import GenerateError
+from stablerep_fast.generate.generator import GenerationOutput, to_uint8_images
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
-
-
-@dataclass
-class GenerationOutput:
-    images: np.ndarray  # uint8 [B, K, S, S, 3]
-
-
-def to_uint8_images(images: torch.Tensor, size: int) -> np.ndarray:
-    """images: float [N, 3, H, W] in [0, 1] -> uint8 [N, size, size, 3] (antialiased bicubic)."""
-    if images.shape[-1] != size or images.shape[-2] != size:
-        images = F.interpolate(images, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
-    images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
-    return images.permute(0, 2, 3, 1).cpu().numpy()
 
 
 class StableRepPipeline:
@@ -41,8 +27,10 @@ class StableRepPipeline:
         self, tokenizer, text_encoder, unet, vae, scheduler, *, model_id: str = "", backend: str = "auto", cache_dir: Path | None = None
     ):
         self.tokenizer = tokenizer
-        self.scheduler = scheduler
+        self.text_encoder = text_encoder
+        self.unet = unet
         self.vae = vae
+        self.scheduler = scheduler
         self.model_id = model_id
         self.device = unet.device
         self.dtype = unet.dtype
@@ -62,7 +50,7 @@ class StableRepPipeline:
     ) -> StableRepPipeline:
         """Load a local diffusers Stable Diffusion folder or single-file checkpoint (offline),
         with its scheduler replaced by DDIM (eta 0, the recipe's sampler). ``cache_dir``: where
-        compiled artefacts and engines are kept (default: engine_cache.default_cache_dir())."""
+        compiled artefacts and engines are kept (default: config.default_cache_dir())."""
         from diffusers import DDIMScheduler, StableDiffusionPipeline
 
         resolve_backend(backend, device)  # an unavailable backend fails before minutes of loading
@@ -77,7 +65,8 @@ class StableRepPipeline:
             load = StableDiffusionPipeline.from_single_file
         else:
             raise GenerateError(
-                f"--model {model}: not 'shapes', a diffusers folder or a {'/'.join(SINGLE_FILE_SUFFIXES)} checkpoint"
+                f"--model {model}: not 'shapes', a diffusers folder, a {'/'.join(SINGLE_FILE_SUFFIXES)} checkpoint "
+                "or an import path 'package.module:Generator'"
             )
         try:
             sd = load(str(path), **kwargs)
@@ -97,7 +86,8 @@ class StableRepPipeline:
         )
 
     def latent_shape(self, resolution: int) -> tuple[int, ...]:
-        """Shape of one image's initial noise at ``resolution`` pixels."""
+        """Shape of one image's initial noise at ``resolution`` pixels (checked)."""
+        self.check_resolution(resolution)
         side = resolution // self.vae_scale_factor
         return (self.vae.config.latent_channels, side, side)
 
@@ -112,6 +102,15 @@ class StableRepPipeline:
             prompts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
         ).input_ids
         return self.runner.encode_text(input_ids.to(self.device))
+
+    def predict_noise(self, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """One UNet call through the backend: latents [N, C, h, w] (model dtype), a scalar
+        timestep, context [N, L, D] -> predicted noise [N, C, h, w]."""
+        return self.runner.unet(latents, timestep, context)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Unscaled latents [N, C, h, w] (model dtype) -> images [N, 3, H, W] in about [-1, 1]."""
+        return self.runner.decode(latents)
 
     @torch.inference_mode()
     def __call__(
@@ -128,7 +127,6 @@ class StableRepPipeline:
         images uint8 [B, K, output_size, output_size, 3]. Guidance: eps = eps_uncond +
         guidance_scale * (eps_cond - eps_uncond); 1 means no unconditional pass."""
         # 1. Check inputs.
-        self.check_resolution(resolution)
         expected = (len(prompts), *self.latent_shape(resolution))
         if latents.dim() != 5 or (latents.shape[0], *latents.shape[2:]) != expected:
             raise ValueError(f"latents must be [{expected[0]}, K, {', '.join(map(str, expected[1:]))}], got {tuple(latents.shape)}")
@@ -156,14 +154,14 @@ class StableRepPipeline:
         for i, t in enumerate(timesteps):
             model_input = self.scheduler.scale_model_input(x, t).to(self.dtype)
             model_input = torch.cat([model_input, model_input]) if guided else model_input
-            eps = self.runner.unet(model_input, unet_timesteps[i], context).float()
+            eps = self.predict_noise(model_input, unet_timesteps[i], context).float()
             if guided:
                 eps_uncond, eps_cond = eps.chunk(2)
                 eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
             x = self.scheduler.step(eps, t, x, return_dict=False)[0]
 
         # 5. Decode.
-        images = self.runner.decode((x / self.vae.config.scaling_factor).to(self.dtype))
+        images = self.decode((x / self.vae.config.scaling_factor).to(self.dtype))
         images = (images.float() / 2 + 0.5).clamp(0, 1)
 
         # 6. Resize to the saved size and convert.

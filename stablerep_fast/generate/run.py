@@ -9,23 +9,21 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from stablerep_fast.generate.captions import read_captions
 from stablerep_fast.generate.config import GenerateConfig, GenerateError
 from stablerep_fast.generate.farm import resolve_device, resolve_farm, shards_for_rank
-from stablerep_fast.generate.pipeline import StableRepPipeline
+from stablerep_fast.generate.generator import Generator, load_generator
 from stablerep_fast.generate.seeds import ANCHOR, initial_noise, noise_seed
-from stablerep_fast.generate.shapes import ShapesPipeline
 from stablerep_fast.generate.shard_writer import Sample, ShardWriter, clear_shard, dataset_record, ensure_dataset_json
 from stablerep_fast.shards import is_done, sample_key
 
 # Batches waiting for the writer thread before generation pauses: enough to hide JPEG
 # encoding behind the next batch, few enough to bound memory.
 MAX_PENDING_WRITES = 4
-
-Pipeline = StableRepPipeline | ShapesPipeline
 
 
 @dataclass
@@ -54,18 +52,37 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return getattr(torch, name)
 
 
-def load_pipeline(
-    model: str, *, device: torch.device, dtype: torch.dtype, backend: str = "auto", cache_dir: Path | None = None
-) -> Pipeline:
-    """``"shapes"``: the procedural renderer (no weights); else a Stable Diffusion model."""
-    if model == "shapes":
-        if backend not in ("auto", "eager"):
-            raise GenerateError(f"the shapes generator has no {backend!r} backend; use --backend auto")
-        return ShapesPipeline()
-    return StableRepPipeline.from_pretrained(model, device=device, dtype=dtype, backend=backend, cache_dir=cache_dir)
+def backend_name(generator: Generator) -> str:
+    """The backend a generator runs its networks on (``"custom"`` when it does not say)."""
+    return str(getattr(generator, "backend", "custom"))
 
 
-def _sample_metadata(config: GenerateConfig, pipe: Pipeline, caption: str, index: int) -> dict:
+def checked_latent_shape(generator: Generator, resolution: int) -> tuple[int, ...]:
+    """``generator.latent_shape(resolution)``, with a bad resolution or answer as GenerateError."""
+    try:
+        shape = tuple(int(d) for d in generator.latent_shape(resolution))
+    except ValueError as exc:
+        raise GenerateError(f"{generator.model_id}: {exc}") from exc
+    except TypeError as exc:
+        raise GenerateError(f"{generator.model_id}: latent_shape({resolution}) must return a tuple of ints ({exc})") from exc
+    return shape
+
+
+def _images_of(generator: Generator, output, expected: tuple[int, ...]) -> np.ndarray:
+    """The images of a generator's output, which must be uint8 [B, K, S, S, 3]; a generator
+    that breaks the rule is named in a GenerateError."""
+    images = getattr(output, "images", None)
+    if images is None:
+        raise GenerateError(f"generator {generator.model_id} returned a {type(output).__name__}, not a GenerationOutput(images)")
+    if not isinstance(images, np.ndarray) or images.shape != expected or images.dtype != np.uint8:
+        raise GenerateError(
+            f"generator {generator.model_id} returned images of shape {getattr(images, 'shape', None)} and dtype "
+            f"{getattr(images, 'dtype', None)}; expected a uint8 numpy array of shape {expected} (B, K, save size, save size, 3)"
+        )
+    return images
+
+
+def _sample_metadata(config: GenerateConfig, pipe: Generator, caption: str, index: int) -> dict:
     metadata = {
         "key": sample_key(index),
         "caption": caption,
@@ -77,7 +94,7 @@ def _sample_metadata(config: GenerateConfig, pipe: Pipeline, caption: str, index
         "steps": config.steps,
         "resolution": config.resolution,
         "model": pipe.model_id,
-        "backend": pipe.backend,
+        "backend": backend_name(pipe),
     }
     if config.views == "latent-neighbors":
         metadata.update(anchor_seed=noise_seed(config.seed, index, ANCHOR), latent_std=config.latent_std)
@@ -91,7 +108,7 @@ def _shard_captions(shard: int, shard_size: int, num_captions: int) -> range:
 
 def _generate_shard(
     config: GenerateConfig,
-    pipe: Pipeline,
+    pipe: Generator,
     texts: list[str],
     shard: int,
     rank: int,
@@ -103,7 +120,7 @@ def _generate_shard(
     out = Path(config.out)
     clear_shard(out, shard)
     writer = ShardWriter(out, shard, image_format=config.image_format, quality=config.quality, rank=rank)
-    latent_shape = pipe.latent_shape(config.resolution)
+    latent_shape = checked_latent_shape(pipe, config.resolution)
     indices = _shard_captions(shard, config.shard_size, len(texts))
     pending: deque[Future] = deque()
     try:
@@ -113,14 +130,15 @@ def _generate_shard(
             noise = initial_noise(
                 config.seed, batch, config.images_per_caption, latent_shape, views=config.views, latent_std=config.latent_std
             )
-            images = pipe(
+            output = pipe(
                 prompts,
                 noise,
                 resolution=config.resolution,
                 output_size=config.save_size,
                 num_inference_steps=config.steps,
                 guidance_scale=config.guidance,
-            ).images
+            )
+            images = _images_of(pipe, output, (len(batch), config.images_per_caption, config.save_size, config.save_size, 3))
             samples = [
                 Sample(sample_key(i), prompt, _sample_metadata(config, pipe, prompt, i), sample_images)
                 for i, prompt, sample_images in zip(batch, prompts, images)
@@ -157,16 +175,15 @@ def generate(config: GenerateConfig) -> GenerateSummary:
 
     # 2. Read the captions and load the model, before anything is written.
     captions = read_captions(config.captions, config.caption_column)
-    pipe = load_pipeline(config.model, device=device, dtype=dtype, backend=config.backend, cache_dir=config.engine_cache)
-    if isinstance(pipe, StableRepPipeline):
-        pipe.check_resolution(config.resolution)
+    pipe = load_generator(config.model, device=device, dtype=dtype, backend=config.backend, cache_dir=config.engine_cache)
+    checked_latent_shape(pipe, config.resolution)
 
     # 3. Record the configuration in the folder, or check it against the one there.
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     num_shards = math.ceil(len(captions) / config.shard_size)
     record = dataset_record(
-        config.dataset_fields(),
+        config.dataset_fields(pipe.model_id),
         captions_sha256=captions.sha256,
         num_captions=len(captions),
         duplicates=captions.duplicates,
@@ -198,7 +215,7 @@ def generate(config: GenerateConfig) -> GenerateSummary:
         rank=rank,
         world_size=world_size,
         model=pipe.model_id,
-        backend=pipe.backend,
+        backend=backend_name(pipe),
         shards_written=len(todo),
         shards_skipped=len(mine) - len(todo),
         captions=todo_captions,

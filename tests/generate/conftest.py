@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from stablerep_fast.generate import StableRepPipeline, shapes
-from stablerep_fast.generate.random_sd import random_sd_components
+from stablerep_fast.testing import random_sd_components
 
 def build_tiny_sd(folder: Path) -> Path:
     """Save a tiny diffusers StableDiffusionPipeline (about 0.6 MB) to ``folder``."""

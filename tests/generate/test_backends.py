@@ -19,10 +19,10 @@ from stablerep_fast.cli import main as cli_main
 from stablerep_fast.generate import GenerateError, StableRepPipeline, initial_noise
 from stablerep_fast.generate import backends
 from stablerep_fast.generate.backends import AUTO_ORDER, resolve_backend
-from stablerep_fast.generate.engine_cache import EngineKey, build_once, cached_engine, weights_hash
-from stablerep_fast.generate.onnx_export import COMPONENTS, check_onnx, export_onnx, graph_spec, onnx_input_shapes
-from stablerep_fast.generate import tensorrt as trt_backend
-from stablerep_fast.generate.tensorrt import build_engine, pad_batch, profile_shapes, tensorrt_unavailable_reason
+from stablerep_fast.generate.padding import pad_batch
+from stablerep_fast.generate.tensorrt.engine_cache import EngineKey, build_once, cached_engine, weights_hash
+from stablerep_fast.generate.tensorrt.onnx_export import COMPONENTS, check_onnx, export_onnx, graph_spec, onnx_input_shapes
+from stablerep_fast.generate.tensorrt.runner import build_engine, profile_shapes, tensorrt_unavailable_reason
 
 # fp32 on CPU, onnxruntime vs torch: the same arithmetic reordered by constant folding and
 # ORT's fusions (measured about 1e-6 of the output's scale on the tiny models).

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -25,13 +24,6 @@ from stablerep_fast.atomic import atomic_write, file_lock
 
 # Bump when the exported graphs or the build settings change in a way the other fields miss.
 ENGINE_FORMAT = 1
-
-
-def default_cache_dir() -> Path:
-    """$STABLEREP_FAST_CACHE, else $XDG_CACHE_HOME/stablerep_fast, else ~/.cache/stablerep_fast."""
-    if os.environ.get("STABLEREP_FAST_CACHE"):
-        return Path(os.environ["STABLEREP_FAST_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "stablerep_fast"
 
 
 def weights_hash(module: torch.nn.Module) -> str:

@@ -25,8 +25,10 @@ from typing import Callable
 import torch
 
 from stablerep_fast.atomic import atomic_write, file_lock
-from stablerep_fast.generate.engine_cache import EngineKey, build_once, default_cache_dir, gpu_identity, slug, weights_hash
-from stablerep_fast.generate.onnx_export import export_onnx, graph_spec
+from stablerep_fast.generate.config import default_cache_dir
+from stablerep_fast.generate.padding import pad_batch
+from stablerep_fast.generate.tensorrt.engine_cache import EngineKey, build_once, gpu_identity, slug, weights_hash
+from stablerep_fast.generate.tensorrt.onnx_export import export_onnx, graph_spec
 
 INSTALL_HINT = "pip install 'stablerep_fast[tensorrt]' on a machine with an NVIDIA GPU, or use --backend compile or eager"
 
@@ -224,13 +226,6 @@ class Engine:
         else:
             self._enqueue(torch.cuda.current_stream(self.device))
         return self.outputs
-
-
-def pad_batch(x: torch.Tensor, batch: int) -> torch.Tensor:
-    """Rows of ``x`` followed by copies of its first row up to ``batch`` rows (a static shape)."""
-    if x.shape[0] == batch:
-        return x
-    return torch.cat([x, x[:1].expand(batch - x.shape[0], *x.shape[1:])])
 
 
 class TensorRTBackend:

@@ -1,7 +1,8 @@
-"""Stable Diffusion components with random weights, built from configs (nothing downloaded).
+"""Helpers for tests and benchmarks, outside the library's import path.
 
-Speed does not depend on the weights, so benchmarks time SD 1.5's exact layout this way, and
-tests run a tiny model of the same layout in seconds.
+``random_sd_components``: Stable Diffusion components with random weights, built from configs
+(nothing downloaded). Speed does not depend on the weights, so benchmarks time SD 1.5's exact
+layout this way, and tests run a tiny model of the same layout in seconds.
 """
 
 from __future__ import annotations
