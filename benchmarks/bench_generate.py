@@ -7,7 +7,7 @@ UNet rows with guidance) it times, with the shared harness:
   unet_ms    one denoising step's UNet call at that batch; vae_ms: one decode;
   floor_frac the FLOP floor over the measured time per image (FLOPs counted by torch's
              FlopCounterMode on one UNet forward and one decode; SD 1.5 at 512 px: about
-             0.80 TFLOP per UNet row, 82.8 TFLOP per image, ../shared/METHOD.md) on GPUs
+             0.80 TFLOP per UNet row, 82.8 TFLOP per image, docs/method.md) on GPUs
              whose tensor-core peak is known.
 Targets (issue 7): the best backend >= 2x eager fp16 at the same batch, and >= 45% of the
 floor (>= 4.3 images/s on an H100). On a CPU, ``--preset tiny`` proves the script runs.

@@ -3,6 +3,7 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <optional>
 
 #include "common.h"
 #include "finite/finite.h"
@@ -21,6 +22,11 @@ namespace {
 template <typename T>
 const T* ptr(std::uintptr_t address) {
   return reinterpret_cast<const T*>(address);
+}
+
+srf::MultiposProblem problem(std::uintptr_t a, std::uintptr_t b, std::int64_t na, std::int64_t nb, std::int64_t d,
+                             double scale, std::optional<std::int64_t> diag) {
+  return srf::MultiposProblem{ptr<void>(a), ptr<void>(b), na, nb, d, scale, diag.has_value(), diag.value_or(0)};
 }
 
 py::dict build_info() {
@@ -65,62 +71,64 @@ PYBIND11_MODULE(_C, m) {
       py::arg("data_ptr"), py::arg("numel"), py::arg("dtype"),
       "True when no element of a contiguous host buffer is NaN or inf.");
 
-  // Multi-positive loss kernels. Pointers are addresses of contiguous host buffers (0 = absent);
-  // a is [na, d], b is [nb, d]; outputs in the input dtype (float32 or float64).
+  // Multi-positive loss kernels. Pointers are addresses of contiguous buffers (0 = absent);
+  // a is [na, d], b is [nb, d]; diag: the pair (i, i + diag) is left out, None leaves none out.
+  // The CPU kernels write their outputs in the input dtype (float32 or float64).
   m.def(
       "multipos_lse",
       [](std::uintptr_t a, std::uintptr_t b, std::int64_t na, std::int64_t nb, std::int64_t d, srf::DType dtype,
-         double scale, bool has_diag, std::int64_t diag, std::uintptr_t lse_out) {
-        srf::MultiposProblem p{ptr<void>(a), ptr<void>(b), na, nb, d, scale, has_diag, diag};
+         double scale, std::optional<std::int64_t> diag, std::uintptr_t lse_out) {
+        srf::MultiposProblem p = problem(a, b, na, nb, d, scale, diag);
         py::gil_scoped_release release;
         srf::multipos_lse_cpu(p, dtype, reinterpret_cast<void*>(lse_out));
       },
-      py::arg("a"), py::arg("b"), py::arg("na"), py::arg("nb"), py::arg("d"), py::arg("dtype"), py::arg("scale"),
-      py::arg("has_diag"), py::arg("diag"), py::arg("lse_out"),
-      "lse_i = log sum_j exp(scale a_i . b_j), pair (i, i + diag) excluded when has_diag.");
+      py::kw_only(), py::arg("a"), py::arg("b"), py::arg("na"), py::arg("nb"), py::arg("d"), py::arg("dtype"),
+      py::arg("scale"), py::arg("diag").none(true), py::arg("lse_out"),
+      "lse_i = log sum_j exp(scale a_i . b_j) over the kept pairs.");
   m.def(
       "multipos_weighted_sum",
       [](std::uintptr_t a, std::uintptr_t b, std::int64_t na, std::int64_t nb, std::int64_t d, srf::DType dtype,
-         double scale, bool has_diag, std::int64_t diag, std::uintptr_t u, std::uintptr_t lse_a, std::uintptr_t v,
+         double scale, std::optional<std::int64_t> diag, std::uintptr_t u, std::uintptr_t lse_a, std::uintptr_t v,
          std::uintptr_t lse_b, std::uintptr_t out) {
-        srf::MultiposProblem p{ptr<void>(a), ptr<void>(b), na, nb, d, scale, has_diag, diag};
+        srf::MultiposProblem p = problem(a, b, na, nb, d, scale, diag);
         py::gil_scoped_release release;
         srf::multipos_weighted_sum_cpu(p, dtype, ptr<void>(u), ptr<void>(lse_a), ptr<void>(v), ptr<void>(lse_b),
                                        reinterpret_cast<void*>(out));
       },
-      py::arg("a"), py::arg("b"), py::arg("na"), py::arg("nb"), py::arg("d"), py::arg("dtype"), py::arg("scale"),
-      py::arg("has_diag"), py::arg("diag"), py::arg("u"), py::arg("lse_a"), py::arg("v"), py::arg("lse_b"),
+      py::kw_only(), py::arg("a"), py::arg("b"), py::arg("na"), py::arg("nb"), py::arg("d"), py::arg("dtype"),
+      py::arg("scale"), py::arg("diag").none(true), py::arg("u"), py::arg("lse_a"), py::arg("v"), py::arg("lse_b"),
       py::arg("out"),
       "out_i = sum_j (u_i exp(s_ij - lse_a_i) + v_j exp(s_ij - lse_b_j)) b_j with s_ij = scale a_i . b_j.");
 
 #if defined(SRF_WITH_CUDA)
-  // The same kernels on the GPU: device pointers, the device index and the caller's stream.
+  // The same kernels on the GPU: device pointers (the scale too), the device index and the
+  // caller's stream; exact: float32 products as FMAs instead of TF32.
   m.def(
       "multipos_lse_cuda",
       [](std::uintptr_t a, std::uintptr_t b, std::int64_t na, std::int64_t nb, std::int64_t d, srf::DType dtype,
-         std::uintptr_t scale, bool has_diag, std::int64_t diag, bool exact, std::uintptr_t lse_out, int device,
+         std::uintptr_t scale, std::optional<std::int64_t> diag, bool exact, std::uintptr_t lse_out, int device,
          std::uintptr_t stream) {
-        srf::MultiposProblem p{ptr<void>(a), ptr<void>(b), na, nb, d, 0.0, has_diag, diag};
+        srf::MultiposProblem p = problem(a, b, na, nb, d, 0.0, diag);
         py::gil_scoped_release release;
         srf::multipos_lse_cuda(p, ptr<float>(scale), dtype, exact, reinterpret_cast<void*>(lse_out), device,
                                reinterpret_cast<void*>(stream));
       },
-      py::arg("a"), py::arg("b"), py::arg("na"), py::arg("nb"), py::arg("d"), py::arg("dtype"), py::arg("scale"),
-      py::arg("has_diag"), py::arg("diag"), py::arg("exact"), py::arg("lse_out"), py::arg("device"),
+      py::kw_only(), py::arg("a"), py::arg("b"), py::arg("na"), py::arg("nb"), py::arg("d"), py::arg("dtype"),
+      py::arg("scale"), py::arg("diag").none(true), py::arg("exact"), py::arg("lse_out"), py::arg("device"),
       py::arg("stream"));
   m.def(
       "multipos_weighted_sum_cuda",
       [](std::uintptr_t a, std::uintptr_t b, std::int64_t na, std::int64_t nb, std::int64_t d, srf::DType dtype,
-         std::uintptr_t scale, bool has_diag, std::int64_t diag, bool exact, std::uintptr_t u, std::uintptr_t lse_a,
+         std::uintptr_t scale, std::optional<std::int64_t> diag, bool exact, std::uintptr_t u, std::uintptr_t lse_a,
          std::uintptr_t v, std::uintptr_t lse_b, std::uintptr_t out, int device, std::uintptr_t stream) {
-        srf::MultiposProblem p{ptr<void>(a), ptr<void>(b), na, nb, d, 0.0, has_diag, diag};
+        srf::MultiposProblem p = problem(a, b, na, nb, d, 0.0, diag);
         py::gil_scoped_release release;
         srf::multipos_weighted_sum_cuda(p, ptr<float>(scale), dtype, exact, ptr<void>(u), ptr<void>(lse_a), ptr<void>(v),
                                         ptr<void>(lse_b), reinterpret_cast<void*>(out), device,
                                         reinterpret_cast<void*>(stream));
       },
-      py::arg("a"), py::arg("b"), py::arg("na"), py::arg("nb"), py::arg("d"), py::arg("dtype"), py::arg("scale"),
-      py::arg("has_diag"), py::arg("diag"), py::arg("exact"), py::arg("u"), py::arg("lse_a"), py::arg("v"),
+      py::kw_only(), py::arg("a"), py::arg("b"), py::arg("na"), py::arg("nb"), py::arg("d"), py::arg("dtype"),
+      py::arg("scale"), py::arg("diag").none(true), py::arg("exact"), py::arg("u"), py::arg("lse_a"), py::arg("v"),
       py::arg("lse_b"), py::arg("out"), py::arg("device"), py::arg("stream"));
   m.def("cuda_runtime_info", &srf::cuda_runtime_info,
         "CUDA runtime/driver versions and device count as seen by the extension.");

@@ -1,4 +1,4 @@
-"""Independent float64 references for the losses, written row by row from METHOD.md.
+"""Independent float64 references for the losses, written row by row from docs/method.md.
 
 Nothing here imports stablerep_fast: these are what the package is tested against.
 """
@@ -6,15 +6,15 @@ Nothing here imports stablerep_fast: these are what the package is tested agains
 import torch
 
 
-def multipos_ce_rows(x, y, x_labels, y_labels, scale, self_offset=None):
+def multipos_ce_rows(x, y, x_labels, y_labels, scale, diag=None):
     """Mean over rows i of lse_j s_ij - mean_{j in P_i} s_ij (0 without positives), row by row.
 
-    s_ij = scale * x_i . y_j; column self_offset + i is excluded from row i when self_offset
-    is given. Differentiable (float64 autograd), so it also gives reference gradients.
+    s_ij = scale * x_i . y_j; column diag + i is excluded from row i when diag is given.
+    Differentiable (float64 autograd), so it also gives reference gradients.
     """
     losses = []
     for i in range(x.shape[0]):
-        keep = [j for j in range(y.shape[0]) if self_offset is None or j != self_offset + i]
+        keep = [j for j in range(y.shape[0]) if diag is None or j != diag + i]
         s = scale * (y[keep] @ x[i])
         positives = [p for p, j in enumerate(keep) if int(y_labels[j]) == int(x_labels[i])]
         if not positives:
@@ -32,7 +32,7 @@ def normalize(f):
 
 def multipos_con_loss(feats, labels, temperature=0.1, normalize_feats=True):
     z = normalize(feats) if normalize_feats else feats
-    return multipos_ce_rows(z, z, labels, labels, 1.0 / temperature, self_offset=0)
+    return multipos_ce_rows(z, z, labels, labels, 1.0 / temperature, diag=0)
 
 
 def multipos_clip_loss(image_emb, text_emb, image_labels, text_labels, logit_scale):

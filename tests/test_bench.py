@@ -16,7 +16,7 @@ from stablerep_fast.bench.plot import plot_records
 from stablerep_fast.bench.timing import peak_memory_mb, time_fn
 from stablerep_fast.cli import main
 
-# Fields every measured record of a suite has (DESIGN.md: suite, backend, device, sizes, ms, ...).
+# Fields every measured record of a suite has (suite, backend, device, sizes, ms, ...).
 COMMON_KEYS = {"suite", "backend", "device", "ms", "versions"}
 SUITE_KEYS = {
     "loss": {"N", "D", "dtype", "peak_mb", "speedup", "gflops", "floor_frac"},

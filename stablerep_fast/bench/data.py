@@ -5,7 +5,7 @@ written into a temporary folder unless one is given. Each variant times whole ep
 StableRep batches (n x m images, the paper's augmentations, ``image_size`` crops, delivered on
 the device) with the shared harness; an epoch includes the loader's own start-up (workers,
 DALI pipeline), as a training epoch does. On a CPU the DALI graph runs CPU-only; on a GPU it
-decodes with nvJPEG ("mixed") and augments on the GPU. Target on a GPU (METHOD.md): stay ahead
+decodes with nvJPEG ("mixed") and augments on the GPU. Target on a GPU (docs/method.md): stay ahead
 of the 1-3k images/s one H100 trains on, so ``target_frac`` = images/s / 3000.
 
 Each record: suite, backend, device, workers, captions_per_batch, images_per_caption, batch
@@ -27,7 +27,7 @@ from stablerep_fast.shards import is_dataset
 TITLE = "data: images/s of build_loader (decode + StableRep augmentations + batch on the device)"
 COLUMNS = ["backend", "workers", "batch", "resolution", "image_size", "batches", "ms", "throughput", "speedup",
            "target_frac", "error"]  # fmt: skip
-GPU_TARGET_IMAGES_PER_S = 3000.0  # the top of what one H100 trains on (METHOD.md)
+GPU_TARGET_IMAGES_PER_S = 3000.0  # the top of what one H100 trains on (docs/method.md)
 
 
 def defaults(device: str, quick: bool) -> dict:

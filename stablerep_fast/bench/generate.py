@@ -2,7 +2,7 @@
 
 The models are built from configs with random weights (no download; the time of a network
 does not depend on its weights): on GPUs the Stable Diffusion 1.5 architecture in fp16 at
-512 px, whose FLOPs METHOD.md gives (0.80 TFLOP per UNet forward at a 64x64 latent, 2.5 TFLOP
+512 px, whose FLOPs docs/method.md gives (0.80 TFLOP per UNet forward at a 64x64 latent, 2.5 TFLOP
 per VAE decode), so floor_frac compares with the tensor-core rate; on CPUs a tiny SD-shaped
 model at 64 px that runs in seconds. A real diffusers folder or checkpoint can be given
 instead (``sd_model``). Beside the SD backends, the procedural ``shapes`` generator (what
@@ -30,7 +30,7 @@ TITLE = "generate: images/s of the text-to-image pipeline per backend"
 COLUMNS = ["backend", "model", "dtype", "batch", "steps", "resolution", "ms", "throughput", "unet_step_ms",
            "peak_mb", "speedup", "floor_frac", "unet_floor_frac", "error"]  # fmt: skip
 
-# SD 1.5 at 512 px (64x64 latent, 77 tokens), METHOD.md.
+# SD 1.5 at 512 px (64x64 latent, 77 tokens), docs/method.md.
 UNET_FLOPS = 0.80e12  # per UNet forward per latent
 VAE_DECODE_FLOPS = 2.5e12  # per image
 SD15_RESOLUTION = 512

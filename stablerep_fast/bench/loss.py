@@ -1,6 +1,6 @@
 """Loss suite: forward + backward of ``multipos_con_loss`` per backend, against the reference.
 
-Each record is a flat dict (see DESIGN.md): suite, backend, device, dtype, N, D, ms,
+Each record is a flat dict (see bench/report.py): suite, backend, device, dtype, N, D, ms,
 p10_ms, p90_ms, peak_mb, speedup (reference ms / ms at the same N, D, dtype), gflops
 (of the 6 N^2 D FLOPs a fused symmetric kernel needs) and floor_frac (the tensor-core floor
 over ms, on GPUs whose peak is known). "reference" is the unfused dense implementation;

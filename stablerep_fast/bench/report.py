@@ -1,6 +1,6 @@
 """What every suite shares: the environment, skip records and tables for people.
 
-A record is a flat dict (DESIGN.md): suite, backend, device, dtype, the sizes, ms (median),
+A record is a flat dict: suite, backend, device, dtype, the sizes, ms (median),
 peak_mb, throughput, speedup, floor_frac, versions. A variant that cannot run here is a
 record too, with ``skipped`` set to the reason and no measurements, so the JSON says what was
 left out as well as what was measured.

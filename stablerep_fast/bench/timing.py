@@ -93,7 +93,7 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
     return max(0.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0 - before)
 
 
-# Dense bf16/fp16 tensor-core rate measured on H100/H200 (METHOD.md), in FLOP/s.
+# Dense bf16/fp16 tensor-core rate measured on H100/H200 (docs/method.md), in FLOP/s.
 TENSOR_CORE_PEAK = {"H100": 790e12, "H200": 790e12}
 
 

@@ -1,6 +1,6 @@
 """The augmentation parameters, in one place, for both loader backends.
 
-``"stablerep"`` is the recipe of ../shared/METHOD.md, drawn independently per image:
+``"stablerep"`` is the recipe of docs/method.md, drawn independently per image:
 RandomResizedCrop(S, scale 0.08-1, ratio 3/4-4/3), ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8,
 grayscale with p 0.2, Gaussian blur sigma 0.1-2 with p 0.5, horizontal flip, ImageNet
 normalisation. ``"none"`` (evaluation, deterministic tests): resize the shorter side to S, centre

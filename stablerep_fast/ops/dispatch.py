@@ -1,116 +1,63 @@
-"""One table of loss backends, and the rule ``backend="auto"`` follows.
+"""Loss backends by name, and the rule ``backend="auto"`` follows.
 
-Every backend is an autograd-able function with one signature,
-``fn(rows, cols, row_labels, col_labels, scale, self_offset, group=None) -> scalar mean loss``
-(see ``multipos_torch`` for the exact semantics; ``group``: a process group over which the
-columns are gathered, see ``distributed``), so the public API never depends on which runs.
+Each backend module exports one ``multipos_fused.Backend`` record (its two kernels, where it
+runs, its limits); this table maps names to those records. "torch" is not a record but a
+rule: the dense reference up to DENSE_MAX_LOGITS logits, the chunked kernels above. "auto"
+takes the first fused backend of AUTO_ORDER that can run the problem, else "torch".
 
-Backend modules are imported on first use (Triton's interpreter, for one, must be chosen
-before its kernels are defined). A module provides the function and optionally:
-``unavailable(device, dtype) -> str | None`` (None when it can run, else the reason);
-``AUTO_MIN_LOGITS`` (below that many logits, rows x columns, "auto" passes it over);
-``MAX_D`` (the widest features it takes; "auto" passes it over for wider ones);
-``HALF_INPUTS = True`` (it takes float16/bfloat16 rows as they are; others get float32);
-``PRECISIONS`` (the float32 modes its ``precision=`` keyword accepts; others are exact).
+The Triton module is imported on first use: Triton's interpreter must be chosen before its
+kernels are defined, and importing triton costs seconds. The import is a plain statement,
+not importlib, because torch.compile runs import statements while it traces a first call
+but refuses importlib.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from types import ModuleType
-from typing import Callable
-
 import torch
 
+from stablerep_fast.ops.multipos_cpp import CPP
+from stablerep_fast.ops.multipos_cuda import CUDA
+from stablerep_fast.ops.multipos_fused import Backend
+from stablerep_fast.ops.multipos_torch import CHUNKED, REFERENCE
 
-@dataclass(frozen=True)
-class Backend:
-    name: str
-    module: str  # stablerep_fast.ops.<module>
-    function: str
-    description: str
+# "torch" runs the dense reference up to this many logits (n x M), chunked above: 2048 x 2048
+# logits keep the dense path's ~10 N^2 temporaries under ~200 MB.
+DENSE_MAX_LOGITS = 1 << 22
 
-
-BACKENDS: dict[str, Backend] = {
-    b.name: b
-    for b in (
-        Backend("torch", "multipos_torch", "multipos_ce_torch", "PyTorch; dense at small sizes, chunked at large"),
-        Backend("reference", "multipos_torch", "multipos_ce_dense", "PyTorch, dense [N, N] logits (the reference)"),
-        Backend("chunked", "multipos_torch", "multipos_ce_chunked", "PyTorch, row chunks, O(N * chunk) memory"),
-        Backend("triton", "multipos_triton", "multipos_ce_triton", "fused Triton kernels"),
-        Backend("cpp", "multipos_cpp", "multipos_ce_cpp", "fused C++/OpenMP kernels"),
-        Backend("cuda", "multipos_cuda", "multipos_ce_cuda", "fused CUDA kernels"),
-    )
-}
-
-# Preference order of "auto", fastest first, per device type.
+# Preference order of "auto" among the fused backends, fastest first, per device type;
+# "torch" comes after them everywhere.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {
-    "cuda": ("triton", "cuda", "torch"),
-    "cpu": ("cpp", "torch"),
+    "cuda": ("triton", "cuda"),
+    "cpu": ("cpp",),
 }
 
 
-@dataclass(frozen=True)
-class LoadedBackend:
-    name: str
-    fn: Callable[..., torch.Tensor] | None
-    unavailable: Callable[[torch.device, torch.dtype], str | None]
-    auto_min_logits: int = 0
-    max_d: int | None = None
-    half_inputs: bool = False
-    takes_precision: bool = False
-
-
-def _import(module: str) -> ModuleType:
-    """Import a backend module with import statements, not importlib: torch.compile runs
-    import statements while it traces a first call, but refuses importlib."""
-    if module == "multipos_torch":
-        from stablerep_fast.ops import multipos_torch as loaded
-    elif module == "multipos_cpp":
-        from stablerep_fast.ops import multipos_cpp as loaded
-    elif module == "multipos_triton":
-        from stablerep_fast.ops import multipos_triton as loaded
-    elif module == "multipos_cuda":
-        from stablerep_fast.ops import multipos_cuda as loaded
-    else:
-        raise ValueError(f"no backend module {module!r}")
-    return loaded
-
-
-_LOADED: dict[str, LoadedBackend] = {}
-
-
-def _load(name: str) -> LoadedBackend:
-    """Backend ``name``, imported once; a module that cannot load yields fn=None and the reason."""
-    if name not in _LOADED:
-        _LOADED[name] = _load_uncached(BACKENDS[name])
-    return _LOADED[name]
-
-
-def _load_uncached(backend: Backend) -> LoadedBackend:
+def _triton() -> Backend:
     try:
-        module = _import(backend.module)
+        from stablerep_fast.ops.multipos_triton import TRITON
     except ImportError as exc:
-        if not (Path(__file__).parent / f"{backend.module}.py").exists():
-            reason = f"the {backend.description} are not part of this version of stablerep_fast"
-        else:
-            reason = f"import failed: {exc}"
-        return LoadedBackend(backend.name, None, lambda device, dtype: reason)
-    return LoadedBackend(
-        backend.name,
-        getattr(module, backend.function),
-        getattr(module, "unavailable", lambda device, dtype: None),
-        getattr(module, "AUTO_MIN_LOGITS", 0),
-        getattr(module, "MAX_D", None),
-        getattr(module, "HALF_INPUTS", False),
-        hasattr(module, "PRECISIONS"),
-    )
+        reason = f"Triton does not import: {exc}"
+        return Backend("triton", "fused Triton kernels", None, None, unavailable=lambda device, dtype: reason)
+    return TRITON
+
+
+_RECORDS: dict[str, Backend] = {b.name: b for b in (REFERENCE, CHUNKED, CPP, CUDA)}
+_LAZY = {"triton": _triton}
+
+# Every name a user may pass besides "auto".
+BACKENDS: tuple[str, ...] = ("torch", "reference", "chunked", "triton", "cpp", "cuda")
+
+
+def record(name: str) -> Backend:
+    """The record of backend ``name`` (imported on first use); KeyError for unknown names and "torch"."""
+    if name not in _RECORDS and name in _LAZY:
+        _RECORDS[name] = _LAZY[name]()
+    return _RECORDS[name]
 
 
 def unavailable_reason(name: str, device: torch.device, dtype: torch.dtype) -> str | None:
     """None when backend ``name`` can run on (device, dtype), else why not."""
-    return _load(name).unavailable(device, dtype)
+    return None if name == "torch" else record(name).unavailable(device, dtype)
 
 
 def available_backends(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> list[str]:
@@ -119,24 +66,25 @@ def available_backends(device: torch.device | str = "cpu", dtype: torch.dtype = 
     return [name for name in BACKENDS if unavailable_reason(name, device, dtype) is None]
 
 
-def resolve_backend(
-    name: str, device: torch.device, dtype: torch.dtype, logits: int = 0, dim: int = 0
-) -> LoadedBackend:
-    """The backend to run: ``name`` itself (checked), or for "auto" the first available one in
-    AUTO_ORDER that takes a problem of ``logits`` = rows x columns with ``dim`` features."""
+def resolve_backend(name: str, device: torch.device, dtype: torch.dtype, logits: int = 0, dim: int = 0) -> Backend:
+    """The record to run: ``name`` itself (checked), or for "auto" the first fused backend in
+    AUTO_ORDER that takes a problem of ``logits`` = rows x columns with ``dim`` features,
+    else "torch"; "torch" is the dense reference or the chunked kernels by ``logits``."""
     if name == "auto":
         for candidate in AUTO_ORDER.get(device.type, ()):
-            loaded = _load(candidate)
+            backend = record(candidate)
             if (
-                loaded.unavailable(device, dtype) is None
-                and logits >= loaded.auto_min_logits
-                and (loaded.max_d is None or dim <= loaded.max_d)
+                backend.unavailable(device, dtype) is None
+                and logits >= backend.auto_min_logits
+                and (backend.max_d is None or dim <= backend.max_d)
             ):
-                return loaded
-        return _load("torch")
+                return backend
+        name = "torch"
+    if name == "torch":
+        return REFERENCE if logits <= DENSE_MAX_LOGITS else CHUNKED
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {['auto', *BACKENDS]}")
     reason = unavailable_reason(name, device, dtype)
     if reason is not None:
         raise RuntimeError(f"backend {name!r} cannot run on {device.type} with {dtype}: {reason}")
-    return _load(name)
+    return record(name)

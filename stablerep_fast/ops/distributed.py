@@ -1,6 +1,6 @@
 """Gathering loss inputs across ranks for the distributed multi-positive losses.
 
-Rank r's loss is the mean over its own rows against the columns of every rank (METHOD.md),
+Rank r's loss is the mean over its own rows against the columns of every rank (docs/method.md),
 and the feature gradient on each rank is W times that of the global mean loss, so DDP's
 average over ranks trains on the global mean (with equal local sizes this is exactly the
 gradient of rank r's loss summed over ranks, the StableRep reference's behaviour).
@@ -61,7 +61,7 @@ class _ScaleGrad(torch.autograd.Function):
         return grad * ctx.factor, None
 
 
-def gathered_columns_loss(local_loss, rows, cols, row_labels, col_labels, scale, self_offset, group) -> torch.Tensor:
+def gathered_columns_loss(local_loss, rows, cols, row_labels, col_labels, scale, diag, group) -> torch.Tensor:
     """``local_loss`` (rows against columns) with every rank's columns, gathered differentiably.
 
     The value is the mean over this rank's rows; its gradient is scaled by W * n_r / N so the
@@ -70,7 +70,7 @@ def gathered_columns_loss(local_loss, rows, cols, row_labels, col_labels, scale,
     all_cols, col_sizes = gather_rows(cols, group)
     all_col_labels, _ = gather_rows(col_labels, group, col_sizes)
     rank, world = dist.get_rank(group), dist.get_world_size(group)
-    offset = None if self_offset is None else self_offset + sum(col_sizes[:rank])
+    offset = None if diag is None else diag + sum(col_sizes[:rank])
     row_sizes = col_sizes if rows is cols else gather_rows(row_labels, group)[1]
     loss = local_loss(rows, all_cols, row_labels, all_col_labels, scale, offset)
     return _ScaleGrad.apply(loss, world * rows.shape[0] / sum(row_sizes))

@@ -8,7 +8,6 @@ the backend that ``ops.dispatch`` picks.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from numbers import Real
 
@@ -17,17 +16,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from stablerep_fast import _ext
-from stablerep_fast.ops.dispatch import LoadedBackend, resolve_backend
+from stablerep_fast.ops.dispatch import resolve_backend
 from stablerep_fast.ops.distributed import active_group
+from stablerep_fast.ops.multipos_fused import Backend, multipos_ce
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 PRECISIONS = ("tf32", "ieee")
+# Logits are similarities times 1/temperature (or the CLIP logit scale). Above this multiplier
+# float32 logits of unit vectors carry rounding errors of order one under TF32 (1e4 x 2^-11 = 5),
+# and a temperature like 1e-40 overflows float32 (inf, then NaN): every backend refuses it.
+MIN_TEMPERATURE = 1e-4
+MAX_LOGIT_SCALE = 1.0 / MIN_TEMPERATURE
 
 
 def multipos_con_loss(
     feats: torch.Tensor,
     labels: torch.Tensor,
-    temperature: float = 0.1,
+    temperature: float | torch.Tensor = 0.1,
     *,
     normalize: bool = True,
     backend: str = "auto",
@@ -39,7 +44,8 @@ def multipos_con_loss(
     Args:
         feats: [N, D] raw projector outputs (float32/64, float16 or bfloat16).
         labels: [N] integer caption ids.
-        temperature: tau > 0; similarities are z_i . z_j / tau.
+        temperature: tau >= MIN_TEMPERATURE (1e-4); similarities are z_i . z_j / tau. A tensor
+            that requires grad gets its gradient (a learnable temperature).
         normalize: L2-normalise ``feats`` first (the reference does); False uses them as given.
         backend: "auto", "torch", "reference", "chunked", "triton", "cpp" or "cuda".
         precision: float32 products on GPU tensor cores, "tf32" or "ieee" (exact); backends
@@ -51,15 +57,10 @@ def multipos_con_loss(
         Scalar mean over the local rows of l_i = lse_{j != i} s_ij - mean_{j in P_i} s_ij
         (0 for rows without positives); float32 for half-precision inputs.
     """
-    _check_features("feats", feats)
-    labels = _check_labels("labels", labels, feats)
-    tau = _positive_scalar("temperature", temperature)
-    _check_precision(precision)
-    _check_finite("feats", feats)
-    impl = resolve_backend(backend, feats.device, feats.dtype, feats.shape[0] ** 2, feats.shape[1])
-    loss_fn = _with_precision(impl, precision)
-    z = _prepare(feats, normalize, impl.half_inputs)
-    return loss_fn(z, z, labels, labels, 1.0 / tau, 0, active_group(process_group))
+    scale = 1.0 / _check_temperature(temperature)
+    impl, group, (z,), (labels,) = _setup(backend, precision, normalize, process_group,
+                                          ("feats", feats, "labels", labels))
+    return multipos_ce(impl, z, z, labels, labels, scale, 0, group, precision)
 
 
 def multipos_clip_loss(
@@ -81,8 +82,8 @@ def multipos_clip_loss(
         text_emb: [N_txt, E] text embeddings.
         image_labels: [N_img] caption ids of the images.
         text_labels: [N_txt] caption ids of the texts.
-        logit_scale: the multiplier s = exp(learned log-scale) > 0, as in the reference and
-            OpenCLIP; a tensor keeps its gradient.
+        logit_scale: the multiplier s = exp(learned log-scale), 0 < s <= MAX_LOGIT_SCALE (1e4),
+            as in the reference and OpenCLIP; a tensor keeps its gradient.
         normalize: L2-normalise both embeddings first (the reference does).
         backend, precision, process_group: as for :func:`multipos_con_loss`.
 
@@ -90,28 +91,39 @@ def multipos_clip_loss(
         0.5 * (CE(P_v, s V T^T) + CE(P_t, s T V^T)), each averaged over its local rows, where
         P_v / P_t spread each row's target uniformly over the other side's same-caption items.
     """
-    _check_features("image_emb", image_emb)
-    _check_features("text_emb", text_emb)
-    if text_emb.shape[1] != image_emb.shape[1] or text_emb.device != image_emb.device:
-        raise ValueError(
-            f"image_emb {tuple(image_emb.shape)} on {image_emb.device} and text_emb "
-            f"{tuple(text_emb.shape)} on {text_emb.device} need the same width and device"
-        )
-    image_labels = _check_labels("image_labels", image_labels, image_emb)
-    text_labels = _check_labels("text_labels", text_labels, text_emb)
-    scale = _check_logit_scale(logit_scale)
-    _check_precision(precision)
-    _check_finite("image_emb", image_emb)
-    _check_finite("text_emb", text_emb)
-    impl = resolve_backend(
-        backend, image_emb.device, image_emb.dtype, image_emb.shape[0] * text_emb.shape[0], image_emb.shape[1]
+    scale = _scalar("logit_scale", logit_scale, lambda s: 0 < s <= MAX_LOGIT_SCALE, f"> 0 and <= {MAX_LOGIT_SCALE:g}")
+    impl, group, (v, t), (vl, tl) = _setup(
+        backend, precision, normalize, process_group,
+        ("image_emb", image_emb, "image_labels", image_labels), ("text_emb", text_emb, "text_labels", text_labels),
     )
-    loss_fn = _with_precision(impl, precision)
-    v, t = _prepare(image_emb, normalize, impl.half_inputs), _prepare(text_emb, normalize, impl.half_inputs)
-    group = active_group(process_group)
-    image_to_text = loss_fn(v, t, image_labels, text_labels, scale, None, group)
-    text_to_image = loss_fn(t, v, text_labels, image_labels, scale, None, group)
+    image_to_text = multipos_ce(impl, v, t, vl, tl, scale, None, group, precision)
+    text_to_image = multipos_ce(impl, t, v, tl, vl, scale, None, group, precision)
     return 0.5 * (image_to_text + text_to_image)
+
+
+def _setup(backend: str, precision: str, normalize: bool, process_group, *inputs) -> tuple:
+    """Both losses' preamble: check every (features name, features, labels name, labels) of
+    ``inputs``, pick the backend for rows = the first's and columns = the last's (of every
+    rank), normalise. Returns (backend record, process group or None, features, int64 labels).
+    """
+    _check_precision(precision)
+    labels = []
+    for name, x, labels_name, y in inputs:
+        _check_features(name, x)
+        labels.append(_check_labels(labels_name, y, x))
+    (first_name, first, *_), (last_name, last, *_) = inputs[0], inputs[-1]
+    if last.shape[1] != first.shape[1] or last.device != first.device:
+        raise ValueError(
+            f"{first_name} {tuple(first.shape)} on {first.device} and {last_name} "
+            f"{tuple(last.shape)} on {last.device} need the same width and device"
+        )
+    for name, x, *_ in inputs:
+        _check_finite(name, x)
+    group = active_group(process_group)
+    world = 1 if group is None else torch.distributed.get_world_size(group)
+    logits = first.shape[0] * last.shape[0] * world
+    impl = resolve_backend(backend, first.device, first.dtype, logits, first.shape[1])
+    return impl, group, [_prepare(x, normalize, impl) for _, x, *_ in inputs], labels
 
 
 class MultiPosConLoss(nn.Module):
@@ -121,15 +133,17 @@ class MultiPosConLoss(nn.Module):
     ``{"loss": scalar, "image_loss": scalar}`` (the same value).
     """
 
-    def __init__(self, temperature: float = 0.1, *, normalize: bool = True, backend: str = "auto",
+    def __init__(self, temperature: float | torch.Tensor = 0.1, *, normalize: bool = True, backend: str = "auto",
                  precision: str = "tf32", process_group=None):
         super().__init__()
-        self.temperature = _positive_scalar("temperature", temperature)
+        _check_temperature(temperature)
         _check_precision(precision)
+        self.temperature = temperature  # a Parameter stays one (learnable)
         self.normalize, self.backend, self.precision, self.process_group = normalize, backend, precision, process_group
 
-    def set_temperature(self, temperature: float = 0.1) -> None:
-        self.temperature = _positive_scalar("temperature", temperature)
+    def set_temperature(self, temperature: float | torch.Tensor = 0.1) -> None:
+        _check_temperature(temperature)
+        self.temperature = temperature
 
     def forward(self, outputs: Mapping | torch.Tensor, labels: torch.Tensor | None = None) -> dict:
         if isinstance(outputs, Mapping):
@@ -154,11 +168,12 @@ class MultiPosConLossMM(nn.Module):
 
     KEYS = ("image_feats", "image_emb", "text_emb", "image_labels", "text_labels", "logit_scale")
 
-    def __init__(self, temperature: float = 0.1, w1: float = 1.0, w2: float = 1.0, *,
+    def __init__(self, temperature: float | torch.Tensor = 0.1, w1: float = 1.0, w2: float = 1.0, *,
                  backend: str = "auto", precision: str = "tf32", process_group=None):
         super().__init__()
-        self.temperature = _positive_scalar("temperature", temperature)
+        _check_temperature(temperature)
         _check_precision(precision)
+        self.temperature = temperature  # a Parameter stays one (learnable)
         self.w1, self.w2 = float(w1), float(w2)
         self.backend, self.precision, self.process_group = backend, precision, process_group
 
@@ -171,17 +186,13 @@ class MultiPosConLossMM(nn.Module):
         return {"loss": loss, "image_loss": image_loss, "img_txt_loss": img_txt_loss}
 
 
-def _prepare(x: torch.Tensor, normalize: bool, half_inputs: bool) -> torch.Tensor:
+def _prepare(x: torch.Tensor, normalize: bool, impl: Backend) -> torch.Tensor:
     """L2-normalise rows (in float32 for half-precision inputs) when asked; half-precision
     rows go back to their dtype only for backends that take them (fused GPU kernels)."""
     if x.dtype not in _LOW_PRECISION:
         return F.normalize(x, dim=1, p=2, eps=1e-12) if normalize else x
     z = F.normalize(x.float(), dim=1, p=2, eps=1e-12) if normalize else x.float()
-    return z.to(x.dtype) if half_inputs else z
-
-
-def _with_precision(impl: LoadedBackend, precision: str):
-    return functools.partial(impl.fn, precision=precision) if impl.takes_precision else impl.fn
+    return z.to(x.dtype) if impl.half_inputs else z
 
 
 def _check_precision(precision: str) -> None:
@@ -223,25 +234,27 @@ def _check_labels(name: str, labels: torch.Tensor, feats: torch.Tensor) -> torch
     return labels.long()
 
 
-def _positive_scalar(name: str, value) -> float:
+def _check_temperature(temperature: float | torch.Tensor) -> torch.Tensor | float:
+    """Checks MIN_TEMPERATURE <= tau < inf; a tensor comes back 0-d and keeps its gradient."""
+    return _scalar("temperature", temperature, lambda t: MIN_TEMPERATURE <= t < float("inf"),
+                   f">= {MIN_TEMPERATURE:g}")
+
+
+def _scalar(name: str, value, valid, rule: str) -> torch.Tensor | float:
+    """``value`` (a number or one-element tensor) checked by ``valid``; ValueError saying ``rule``
+    otherwise. A tensor is returned as a 0-d tensor that keeps its gradient; while compiling,
+    its value is not read (that would break the graph)."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise ValueError(f"{name} must be a scalar, got shape {tuple(value.shape)}")
-        value = value.item()
-    if not isinstance(value, Real) or not (0 < float(value) < float("inf")):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def _check_logit_scale(logit_scale: torch.Tensor | float) -> torch.Tensor | float:
-    """Checks s > 0 and finite; a tensor is returned as a 0-d tensor that keeps its gradient."""
-    if isinstance(logit_scale, torch.Tensor):
-        if logit_scale.numel() != 1:
-            raise ValueError(f"logit_scale must be a scalar, got shape {tuple(logit_scale.shape)}")
-        if not torch.compiler.is_compiling():
-            _positive_scalar("logit_scale", logit_scale.detach())
-        return logit_scale.reshape(())
-    return _positive_scalar("logit_scale", logit_scale)
+        if torch.compiler.is_compiling():
+            return value.reshape(())
+        number = value.detach().item()
+    else:
+        number = value
+    if not isinstance(number, Real) or not valid(float(number)):
+        raise ValueError(f"{name} must be a finite number {rule}, got {number!r}")
+    return value.reshape(()) if isinstance(value, torch.Tensor) else float(number)
 
 
 def _check_finite(name: str, x: torch.Tensor) -> None:

@@ -8,15 +8,10 @@ results are deterministic for any number of threads.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from stablerep_fast import _ext
-from stablerep_fast.ops.multipos_fused import accumulation_dtype, fused_multipos_ce, register_kernels
-
-# Below 256 x 256 logits the dense torch path is as fast and "auto" keeps it.
-AUTO_MIN_LOGITS = 256 * 256
+from stablerep_fast.ops.multipos_fused import Backend, accumulation_dtype, register_kernels
 
 
 def unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -38,48 +33,39 @@ def _host_operand(name: str, x: torch.Tensor, acc: torch.dtype, shape: tuple[int
     return x.detach().to(acc).contiguous()
 
 
-def _problem(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, diag: int, has_diag: bool):
+def _problem(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, diag: int | None):
+    """a, b as contiguous host buffers, their dtype and the keyword arguments every _C kernel takes."""
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"a and b must be [na, D] and [nb, D], got {tuple(a.shape)} and {tuple(b.shape)}")
     acc = accumulation_dtype(a.dtype)
     a = _host_operand("a", a, acc, tuple(a.shape))
     b = _host_operand("b", b, acc, tuple(b.shape))
-    args = (a.data_ptr(), b.data_ptr(), a.shape[0], b.shape[0], a.shape[1], _ext.c_dtype(acc), float(scale), has_diag, diag)
+    args = dict(a=a.data_ptr(), b=b.data_ptr(), na=a.shape[0], nb=b.shape[0], d=a.shape[1], dtype=_ext.c_dtype(acc),
+                scale=float(scale), diag=diag)
     return a, b, acc, args
 
 
-def _cpp_lse(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, diag: int, has_diag: bool) -> torch.Tensor:
-    a, b, acc, args = _problem(a, b, scale, diag, has_diag)
+def _lse(a, b, scale, diag, precision):
+    a, b, acc, args = _problem(a, b, scale, diag)
     out = torch.empty(a.shape[0], dtype=acc)
-    _ext.extension().multipos_lse(*args, out.data_ptr())
+    _ext.extension().multipos_lse(**args, lse_out=out.data_ptr())
     return out
 
 
-def _cpp_weighted_sum(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    u: Optional[torch.Tensor],
-    lse_a: Optional[torch.Tensor],
-    v: Optional[torch.Tensor],
-    lse_b: Optional[torch.Tensor],
-    scale: torch.Tensor,
-    diag: int,
-    has_diag: bool,
-) -> torch.Tensor:
-    a, b, acc, args = _problem(a, b, scale, diag, has_diag)
+def _weighted_sum(a, b, u, lse_a, v, lse_b, scale, diag, precision):
+    a, b, acc, args = _problem(a, b, scale, diag)
     if (u is None) != (lse_a is None) or (v is None) != (lse_b is None):
         raise ValueError("u and lse_a (and v and lse_b) must be given together")
-    rows = [None if t is None else _host_operand(n, t, acc, (a.shape[0],)) for n, t in (("u", u), ("lse_a", lse_a))]
-    cols = [None if t is None else _host_operand(n, t, acc, (b.shape[0],)) for n, t in (("v", v), ("lse_b", lse_b))]
+    vectors = {name: None if t is None else _host_operand(name, t, acc, (n,))
+               for name, t, n in (("u", u, a.shape[0]), ("lse_a", lse_a, a.shape[0]), ("v", v, b.shape[0]),
+                                  ("lse_b", lse_b, b.shape[0]))}
     out = torch.empty(a.shape, dtype=acc)
-    addresses = [0 if t is None else t.data_ptr() for t in (*rows, *cols)]
-    _ext.extension().multipos_weighted_sum(*args, *addresses, out.data_ptr())
+    addresses = {name: 0 if t is None else t.data_ptr() for name, t in vectors.items()}
+    _ext.extension().multipos_weighted_sum(**args, **addresses, out=out.data_ptr())
     return out
 
 
-CPP_KERNELS = register_kernels("cpp", _cpp_lse, _cpp_weighted_sum)
-
-
-def multipos_ce_cpp(rows, cols, row_labels, col_labels, scale, self_offset, group=None) -> torch.Tensor:
-    """Mean multi-positive cross-entropy with the C++ kernels (semantics: ``multipos_torch``)."""
-    return fused_multipos_ce(CPP_KERNELS, rows, cols, row_labels, col_labels, scale, self_offset, group)
+CPP = Backend(
+    "cpp", "fused C++/OpenMP kernels", *register_kernels("cpp", _lse, _weighted_sum), unavailable=unavailable,
+    auto_min_logits=256 * 256,  # below, the dense torch path is as fast and "auto" keeps it
+)

@@ -10,19 +10,13 @@ row and column tiles live in shared memory); the Triton backend has no such limi
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Optional
-
 import torch
 
 from stablerep_fast import _ext
-from stablerep_fast.ops.multipos_fused import fused_multipos_ce, register_kernels
+from stablerep_fast.ops.multipos_fused import Backend, register_kernels
 
 MAX_D = 256
 PRECISIONS = ("tf32", "ieee")
-HALF_INPUTS = True
-# As for Triton (unmeasured): below N ~ 1024 the dense torch path costs no more than launches.
-AUTO_MIN_LOGITS = 1 << 20
 
 
 def unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -43,7 +37,8 @@ def _operand(name: str, x: torch.Tensor, device: torch.device, dtype: torch.dtyp
     return x.detach().to(dtype).contiguous()
 
 
-def _problem(a, b, scale, diag, has_diag, precision):
+def _problem(a, b, scale, diag, precision):
+    """a, b and the scale as the kernels read them, and the keyword arguments every _C kernel takes."""
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"a and b must be [na, D] and [nb, D], got {tuple(a.shape)} and {tuple(b.shape)}")
     if a.shape[1] > MAX_D:
@@ -57,55 +52,35 @@ def _problem(a, b, scale, diag, has_diag, precision):
     b = _operand("b", b, a.device, dtype, tuple(b.shape))
     a = a.detach().to(dtype).contiguous()
     scale = _operand("scale", scale.reshape(()), a.device, torch.float32, ())  # read by the kernels: no sync
-    args = (a.data_ptr(), b.data_ptr(), a.shape[0], b.shape[0], a.shape[1], _ext.c_dtype(dtype), scale.data_ptr(),
-            has_diag, diag, precision == "ieee")
+    args = dict(a=a.data_ptr(), b=b.data_ptr(), na=a.shape[0], nb=b.shape[0], d=a.shape[1], dtype=_ext.c_dtype(dtype),
+                scale=scale.data_ptr(), diag=diag, exact=precision == "ieee", device=a.device.index,
+                stream=torch.cuda.current_stream(a.device).cuda_stream)
     return a, b, scale, args
 
 
-def _launch_args(device: torch.device) -> tuple[int, int]:
-    return device.index, torch.cuda.current_stream(device).cuda_stream
-
-
-def _cuda_lse(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, diag: int, has_diag: bool,
-              precision: str) -> torch.Tensor:
-    a, b, scale, args = _problem(a, b, scale, diag, has_diag, precision)
+def _lse(a, b, scale, diag, precision):
+    a, b, scale, args = _problem(a, b, scale, diag, precision)
     out = torch.empty(a.shape[0], dtype=torch.float32, device=a.device)
-    _ext.extension().multipos_lse_cuda(*args, out.data_ptr(), *_launch_args(a.device))
+    _ext.extension().multipos_lse_cuda(**args, lse_out=out.data_ptr())
     return out
 
 
-def _cuda_weighted_sum(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    u: Optional[torch.Tensor],
-    lse_a: Optional[torch.Tensor],
-    v: Optional[torch.Tensor],
-    lse_b: Optional[torch.Tensor],
-    scale: torch.Tensor,
-    diag: int,
-    has_diag: bool,
-    precision: str,
-) -> torch.Tensor:
-    a, b, scale, args = _problem(a, b, scale, diag, has_diag, precision)
+def _weighted_sum(a, b, u, lse_a, v, lse_b, scale, diag, precision):
+    a, b, scale, args = _problem(a, b, scale, diag, precision)
     if (u is None) != (lse_a is None) or (v is None) != (lse_b is None):
         raise ValueError("u and lse_a (and v and lse_b) must be given together")
-    vectors = [
-        None if t is None else _operand(name, t, a.device, torch.float32, (n,))
-        for name, t, n in (("u", u, a.shape[0]), ("lse_a", lse_a, a.shape[0]), ("v", v, b.shape[0]),
-                           ("lse_b", lse_b, b.shape[0]))
-    ]
+    vectors = {name: None if t is None else _operand(name, t, a.device, torch.float32, (n,))
+               for name, t, n in (("u", u, a.shape[0]), ("lse_a", lse_a, a.shape[0]), ("v", v, b.shape[0]),
+                                  ("lse_b", lse_b, b.shape[0]))}
     out = torch.empty(a.shape, dtype=torch.float32, device=a.device)
-    addresses = [0 if t is None else t.data_ptr() for t in vectors]
-    _ext.extension().multipos_weighted_sum_cuda(*args, *addresses, out.data_ptr(), *_launch_args(a.device))
+    addresses = {name: 0 if t is None else t.data_ptr() for name, t in vectors.items()}
+    _ext.extension().multipos_weighted_sum_cuda(**args, **addresses, out=out.data_ptr())
     return out
 
 
-CUDA_KERNELS = register_kernels("cuda", _cuda_lse, _cuda_weighted_sum)
-
-
-def multipos_ce_cuda(
-    rows, cols, row_labels, col_labels, scale, self_offset, group=None, precision: str = "tf32"
-) -> torch.Tensor:
-    """Mean multi-positive cross-entropy with the CUDA kernels (semantics: ``multipos_torch``)."""
-    kernels = replace(CUDA_KERNELS, extra=(precision,))
-    return fused_multipos_ce(kernels, rows, cols, row_labels, col_labels, scale, self_offset, group)
+CUDA = Backend(
+    "cuda", "fused CUDA kernels", *register_kernels("cuda", _lse, _weighted_sum), unavailable=unavailable,
+    max_d=MAX_D, half_inputs=True, precisions=PRECISIONS,
+    # As for Triton (unmeasured): below N ~ 1024 the dense torch path costs no more than launches.
+    auto_min_logits=1 << 20,
+)

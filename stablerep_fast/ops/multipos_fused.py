@@ -1,50 +1,80 @@
-"""The fused multi-positive cross-entropy: one autograd Function over two kernels.
+"""The fused multi-positive cross-entropy: one autograd Function over a backend's two kernels.
 
-Every memory-bounded backend (chunked torch, C++, Triton, CUDA) supplies the same two
-kernels; this module does the rest (positive terms, gradient bookkeeping) once:
+Every memory-bounded backend (chunked torch, C++, Triton, CUDA) exports one ``Backend``
+record holding the same two kernels; this module does the rest (positive terms, gradient
+bookkeeping, the distributed gathers) once. ``diag`` names the excluded diagonal everywhere:
+column j = i + diag is left out of row i, and None excludes nothing.
 
-    lse(a, b, scale, diag) -> [na] in the accumulation dtype (float64 for float64, else float32)
+    lse(a, b, scale, diag, precision) -> [na] in the accumulation dtype (float64 for float64, else float32)
         lse_i = log sum_j exp(s_ij),  s_ij = scale * a_i . b_j,  j = i + diag excluded
-    weighted_sum(a, b, u, lse_a, v, lse_b, scale, diag) -> [na, D] in the accumulation dtype
+    weighted_sum(a, b, u, lse_a, v, lse_b, scale, diag, precision) -> [na, D] in the accumulation dtype
         out_i = sum_j (u_i exp(s_ij - lse_a_i) + v_j exp(s_ij - lse_b_j)) b_j,  j = i + diag excluded
         (u/lse_a or v/lse_b may be None: that term is absent; lse entries are finite or +inf,
         and +inf makes that row's or column's term vanish)
 
-Neither materialises anything [na, nb]. The positive term needs no quadratic work: with
-G_g the sum of the columns of caption g, sum_{j in P_i} a_i . b_j = a_i . (G_{y_i} - own column).
+``precision`` is how float32 products run on tensor cores ("tf32" or "ieee"); backends
+without them are passed "ieee". Neither kernel materialises anything [na, nb]. The positive
+term needs no quadratic work: with G_g the sum of the columns of caption g,
+sum_{j in P_i} a_i . b_j = a_i . (G_{y_i} - own column).
 
 Gradients (g_i = dL/dl_i, zero for rows without positives, w_i = g_i / k_i):
     dL/da_i = scale * [sum_j g_i Q_ij b_j - w_i sum_{j in P_i} b_j]
     dL/db_j = scale * [sum_i g_i Q_ij a_i - sum_{i : j in P_i} w_i a_i]
+    dL/dscale = sum_i g_i sum_j Q_ij a_i . b_j - sum_i w_i sum_{j in P_i} a_i . b_j
 When rows and columns are the same tensor (single process), s is symmetric and one
 weighted_sum with both terms gives the whole gradient: deterministic, no atomics.
+See docs/method.md for the derivation.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable
 
 import torch
 import torch.distributed
 
 from stablerep_fast.ops.distributed import gather_rows
 
+# The kernels' signature, written once: the torch op schemas every backend registers under.
+LSE_SCHEMA = "(Tensor a, Tensor b, Tensor scale, int? diag, str precision) -> Tensor"
+WEIGHTED_SUM_SCHEMA = (
+    "(Tensor a, Tensor b, Tensor? u, Tensor? lse_a, Tensor? v, Tensor? lse_b, Tensor scale, int? diag, "
+    "str precision) -> Tensor"
+)
 
-class Kernels(Protocol):
-    def lse(self, a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, diag: int | None) -> torch.Tensor: ...
 
-    def weighted_sum(
-        self,
-        a: torch.Tensor,
-        b: torch.Tensor,
-        u: torch.Tensor | None,
-        lse_a: torch.Tensor | None,
-        v: torch.Tensor | None,
-        lse_b: torch.Tensor | None,
-        scale: torch.Tensor,
-        diag: int | None,
-    ) -> torch.Tensor: ...
+def _runs_anywhere(device: torch.device, dtype: torch.dtype) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One loss backend: its two kernels and what it can run (``ops.dispatch`` maps names to these).
+
+    lse, weighted_sum: the kernels (signatures above); both None for a dense backend, whose
+        ``dense`` computes the whole loss with autograd instead.
+    unavailable(device, dtype): None when the backend runs there, else the reason.
+    max_d: the widest features it takes (None: any); "auto" passes it over for wider ones.
+    half_inputs: takes float16/bfloat16 rows as they are (others get them in float32).
+    auto_min_logits: below this many logits (rows x columns) "auto" passes it over.
+    precisions: the float32 product modes its kernels distinguish; others get "ieee".
+    """
+
+    name: str
+    description: str
+    lse: Callable[..., torch.Tensor] | None
+    weighted_sum: Callable[..., torch.Tensor] | None
+    unavailable: Callable[[torch.device, torch.dtype], str | None] = _runs_anywhere
+    max_d: int | None = None
+    half_inputs: bool = False
+    auto_min_logits: int = 0
+    precisions: tuple[str, ...] = ("ieee",)
+    dense: Callable[..., torch.Tensor] | None = None
+
+    def kernel_precision(self, precision: str) -> str:
+        """The precision its kernels are given for the public ``precision``."""
+        return precision if precision in self.precisions else "ieee"
 
 
 def group_ids(row_labels: torch.Tensor, col_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -78,11 +108,11 @@ def _group_sums(x: torch.Tensor, ids: torch.Tensor, bound: int, weight: torch.Te
     return sums.index_add_(0, ids, xa if weight is None else weight[:, None] * xa)
 
 
-def _positive_cols(cols, row_ids, col_ids, bound, self_offset, n) -> torch.Tensor:
+def _positive_cols(cols, row_ids, col_ids, bound, diag, n) -> torch.Tensor:
     """[n, D]: for each row, the sum of its caption's columns other than its own."""
     out = _group_sums(cols, col_ids, bound)[row_ids]
-    if self_offset is not None:
-        out -= cols[self_offset : self_offset + n]
+    if diag is not None:
+        out -= cols[diag : diag + n]
     return out
 
 
@@ -105,7 +135,7 @@ class _FusedMultiPosCE(torch.autograd.Function):
     # Buffers are updated in place where possible: at N = 8192, D = 256 every [N, D] float32
     # temporary is 8 MiB of a budget of O(N * D).
     @staticmethod
-    def forward(ctx, rows, cols, all_cols, row_ids, col_ids, bound, scale, self_offset, kernels, ranks):
+    def forward(ctx, rows, cols, all_cols, row_ids, col_ids, bound, scale, diag, backend, precision, ranks):
         # cols=None: the columns are the rows themselves; all_cols=None: no other rank. (Tensors
         # are never passed twice: torch.compile cannot trace that.) row_ids are this rank's
         # rows' caption ids, col_ids those of every rank's columns (None: same as row_ids).
@@ -118,22 +148,24 @@ class _FusedMultiPosCE(torch.autograd.Function):
         k = torch.zeros(bound, dtype=torch.int64, device=col_ids.device).index_add_(
             0, col_ids, torch.ones_like(col_ids)
         )[row_ids]
-        if self_offset is not None:
+        if diag is not None:
             k -= 1
         # Unscaled sum over P_i of a_i . b_j.
-        positive_dot = _positive_cols(all_cols, row_ids, col_ids, bound, self_offset, n).mul_(rows).sum(1)
-        lse = kernels.lse(rows, all_cols, scale, self_offset)
+        positive_dot = _positive_cols(all_cols, row_ids, col_ids, bound, diag, n).mul_(rows).sum(1)
+        lse = backend.lse(rows, all_cols, scale, diag, precision)
         has_positive = k > 0
         k_safe = k.clamp(min=1).to(acc)
         per_row = torch.where(has_positive, lse - scale.to(acc) * positive_dot / k_safe, 0.0)
         ctx.save_for_backward(rows, cols, all_cols, row_ids, col_ids, scale, lse, k_safe, has_positive, positive_dot)
-        ctx.bound, ctx.self_offset, ctx.symmetric, ctx.kernels, ctx.ranks = bound, self_offset, symmetric, kernels, ranks
+        ctx.bound, ctx.diag, ctx.symmetric, ctx.backend, ctx.precision, ctx.ranks = (
+            bound, diag, symmetric, backend, precision, ranks
+        )
         return per_row.mean()
 
     @staticmethod
     def backward(ctx, grad_loss):
         rows, cols, all_cols, row_ids, col_ids, scale, lse, k_safe, has_positive, positive_dot = ctx.saved_tensors
-        self_offset, kernels, ranks, bound = ctx.self_offset, ctx.kernels, ctx.ranks, ctx.bound
+        diag, backend, precision, ranks, bound = ctx.diag, ctx.backend, ctx.precision, ctx.ranks, ctx.bound
         n, acc = rows.shape[0], lse.dtype
         # dL/dl_i. One process: 1/n, the mean's. Several: W / (all ranks' rows), so that DDP's
         # average over ranks follows the gradient of the global mean loss (equal local sizes:
@@ -149,22 +181,27 @@ class _FusedMultiPosCE(torch.autograd.Function):
             gathered, _ = gather_rows(torch.stack([g, w, lse], 1), ranks.group, ranks.row_sizes)
             all_g, all_w, all_lse = gathered.unbind(1)
 
+        def scale_grad(lse_part: torch.Tensor) -> torch.Tensor | None:
+            """dL/dscale from the unscaled sum_ij g_i Q_ij a_i . b_j (the positive part added here)."""
+            if not ctx.needs_input_grad[6]:
+                return None
+            return (lse_part - (w * positive_dot).sum()).to(scale.dtype).reshape(scale.shape)
+
         # Positive pairs: rows get -w_i sum_{j in P_i} b_j; columns get -sum_{i: j in P_i} w_i a_i.
-        rows_positive_grad = _positive_cols(all_cols, row_ids, col_ids, bound, self_offset, n).mul_(w[:, None])
+        rows_positive_grad = _positive_cols(all_cols, row_ids, col_ids, bound, diag, n).mul_(w[:, None])
         if ctx.symmetric:
             # Every rank's rows are the columns: s is symmetric, one pass gives the whole gradient.
-            grad = kernels.weighted_sum(rows, all_cols, g, lse, all_g, all_lse, scale, self_offset)
+            grad = backend.weighted_sum(rows, all_cols, g, lse, all_g, all_lse, scale, diag, precision)
+            # a_i . grad_i counts each pair once as a row and once as a column: half is the scale's
+            # (summed over ranks, the rows' and the columns' halves each add up to the global sum).
+            grad_scale = scale_grad(0.5 * (rows.to(acc) * grad).sum())
             cols_positive_grad = _group_sums(all_cols, col_ids, bound, all_w)[row_ids]
             cols_positive_grad -= w[:, None] * rows
             grad.sub_(rows_positive_grad).sub_(cols_positive_grad).mul_(scale_acc)
-            return grad.to(rows.dtype), None, None, None, None, None, None, None, None, None
+            return grad.to(rows.dtype), None, None, None, None, None, grad_scale, None, None, None, None
 
-        grad_rows = kernels.weighted_sum(rows, all_cols, g, lse, None, None, scale, self_offset)
-        grad_scale = None
-        if ctx.needs_input_grad[6]:
-            # dL/dscale = sum_ij (dL/ds_ij) a_i . b_j; the lse part is a_i . grad_rows_i (unscaled).
-            dscale = (rows.to(acc) * grad_rows).sum() - (w * positive_dot).sum()
-            grad_scale = dscale.to(scale.dtype).reshape(scale.shape)
+        grad_rows = backend.weighted_sum(rows, all_cols, g, lse, None, None, scale, diag, precision)
+        grad_scale = scale_grad((rows.to(acc) * grad_rows).sum())
         grad_rows.sub_(rows_positive_grad).mul_(scale_acc)
 
         # This rank's columns against every rank's rows.
@@ -173,49 +210,60 @@ class _FusedMultiPosCE(torch.autograd.Function):
             all_rows, _ = gather_rows(rows.detach(), ranks.group, ranks.row_sizes)
             all_row_ids, _ = gather_rows(row_ids, ranks.group, ranks.row_sizes)
             row0, col0 = ranks.row_offset, sum(ranks.col_sizes[: ranks.rank])
-        grad_cols_diag = None
-        if self_offset is not None:
+        cols_diag = None
+        if diag is not None:
             # Local column j is global column col0 + j, the own column of global row
-            # row0 + (col0 + j - self_offset); its local row is own - col0 (slice below).
-            grad_cols_diag = row0 + col0 - self_offset
-        grad_cols = kernels.weighted_sum(cols, all_rows, None, None, all_g, all_lse, scale, grad_cols_diag)
+            # row0 + (col0 + j - diag); its local row is own - col0 (slice below).
+            cols_diag = row0 + col0 - diag
+        grad_cols = backend.weighted_sum(cols, all_rows, None, None, all_g, all_lse, scale, cols_diag, precision)
         grad_cols.sub_(_group_sums(all_rows, all_row_ids, bound, all_w)[col_ids[col0 : col0 + cols.shape[0]]])
-        if self_offset is not None:
-            own = self_offset - col0
+        if diag is not None:
+            own = diag - col0
             grad_cols[own : own + n] += w[:, None] * rows
         grad_cols.mul_(scale_acc)
-        return grad_rows.to(rows.dtype), grad_cols.to(cols.dtype), None, None, None, None, grad_scale, None, None, None
+        return (grad_rows.to(rows.dtype), grad_cols.to(cols.dtype), None, None, None, None, grad_scale, None, None,
+                None, None)
 
 
-def fused_multipos_ce(
-    kernels: Kernels,
+def multipos_ce(
+    backend: Backend,
     rows: torch.Tensor,
     cols: torch.Tensor,
     row_labels: torch.Tensor,
     col_labels: torch.Tensor,
     scale: torch.Tensor | float,
-    self_offset: int | None,
+    diag: int | None,
     group=None,
+    precision: str = "tf32",
 ) -> torch.Tensor:
-    """Mean multi-positive cross-entropy of rows against columns (see multipos_torch) via ``kernels``.
+    """Mean multi-positive cross-entropy of rows against columns on ``backend``.
+
+    s_ij = scale * rows_i . cols_j (column i + diag left out when diag is not None);
+    P_i = {j : col_labels_j == row_labels_i, j kept}, k_i = |P_i|;
+    l_i = logsumexp_j s_ij - mean_{j in P_i} s_ij if k_i > 0, else 0; the result is mean_i l_i.
+    ``scale`` may be a tensor that needs a gradient.
 
     With a process ``group``, rows and columns are this rank's; the columns of every rank are
     gathered (features once in the forward; lse and row weights in the backward, O(N) each),
     nothing flows back through a collective, and each rank computes its own rows' and
-    columns' gradient. ``self_offset`` is then 0 (rows are this rank's columns) or None.
+    columns' gradient. ``diag`` is then 0 (rows are this rank's columns) or None.
     """
+    if backend.dense is not None:
+        return backend.dense(rows, cols, row_labels, col_labels, scale, diag, group)
+    acc = accumulation_dtype(rows.dtype)
     if not isinstance(scale, torch.Tensor):
-        scale = torch.tensor(float(scale), dtype=accumulation_dtype(rows.dtype), device=rows.device)
-    scale = scale.to(rows.device)
-    # One symmetric pass needs s = s^T (same tensor, own diagonal) and no scale gradient.
-    symmetric = rows is cols and self_offset == 0 and not scale.requires_grad
+        scale = torch.tensor(float(scale), dtype=acc, device=rows.device)
+    scale = scale.to(device=rows.device, dtype=acc)
+    precision = backend.kernel_precision(precision)
+    # One symmetric pass needs s = s^T: the same tensor with its own diagonal left out.
+    symmetric = rows is cols and diag == 0
     if group is None:
         row_ids, col_ids, bound = group_ids(row_labels, col_labels)
         return _FusedMultiPosCE.apply(
             rows, None if symmetric else cols, None, row_ids, None if col_ids is row_ids else col_ids, bound, scale,
-            self_offset, kernels, None,
+            diag, backend, precision, None,
         )
-    if self_offset not in (None, 0) or (self_offset == 0 and rows is not cols):
+    if diag not in (None, 0) or (diag == 0 and rows is not cols):
         raise ValueError("distributed: the diagonal can only be excluded when rows are this rank's columns")
     all_cols, col_sizes = gather_rows(cols.detach(), group)
     all_col_labels, _ = gather_rows(col_labels, group, col_sizes)
@@ -226,47 +274,31 @@ def fused_multipos_ce(
     ranks = Ranks(group, len(col_sizes), row_sizes, col_sizes, torch.distributed.get_rank(group))
     all_row_ids, col_ids, bound = group_ids(all_row_labels, all_col_labels)
     row_ids = all_row_ids[ranks.row_offset : ranks.row_offset + rows.shape[0]]
-    offset = None if self_offset is None else ranks.row_offset
+    offset = None if diag is None else ranks.row_offset
     return _FusedMultiPosCE.apply(
-        rows, None if symmetric else cols, all_cols, row_ids, col_ids, bound, scale, offset, kernels, ranks
+        rows, None if symmetric else cols, all_cols, row_ids, col_ids, bound, scale, offset, backend, precision, ranks
     )
 
 
-@dataclass(frozen=True)
-class OpKernels:
-    """A backend's two kernels registered as torch ops (see ``register_kernels``); ``extra``
-    holds trailing op arguments, such as a precision."""
+def register_kernels(name: str, lse_impl: Callable, weighted_sum_impl: Callable) -> tuple[Callable, Callable]:
+    """Register ``stablerep_fast::{name}_lse`` and ``{name}_weighted_sum`` as torch custom ops
+    with LSE_SCHEMA / WEIGHTED_SUM_SCHEMA; returns the two ops.
 
-    lse_op: Callable[..., torch.Tensor]
-    weighted_sum_op: Callable[..., torch.Tensor]
-    extra: tuple = ()
-
-    def lse(self, a, b, scale, diag):
-        return self.lse_op(a, b, scale, diag or 0, diag is not None, *self.extra)
-
-    def weighted_sum(self, a, b, u, lse_a, v, lse_b, scale, diag):
-        return self.weighted_sum_op(a, b, u, lse_a, v, lse_b, scale, diag or 0, diag is not None, *self.extra)
-
-
-def register_kernels(name: str, lse_impl: Callable, weighted_sum_impl: Callable) -> OpKernels:
-    """Register ``stablerep_fast::{name}_lse`` and ``{name}_weighted_sum`` as torch custom ops.
-
-    The implementations take ``(a, b, scale, diag: int, has_diag: bool, *extra)`` and
-    ``(a, b, u, lse_a, v, lse_b, scale, diag, has_diag, *extra)`` (annotated, Optional tensors
-    for the absent terms). Fake implementations give torch.compile the output shapes, so a
-    compiled model calling the loss traces through the kernels without a graph break.
+    Fake implementations give torch.compile the output shapes, so a compiled model calling
+    the loss traces through the kernels without a graph break.
     """
-    lse_op = torch.library.custom_op(f"stablerep_fast::{name}_lse", mutates_args=())(lse_impl)
-    weighted_sum_op = torch.library.custom_op(f"stablerep_fast::{name}_weighted_sum", mutates_args=())(
-        weighted_sum_impl
+    lse_op = torch.library.custom_op(f"stablerep_fast::{name}_lse", lse_impl, mutates_args=(), schema=LSE_SCHEMA)
+    weighted_sum_op = torch.library.custom_op(
+        f"stablerep_fast::{name}_weighted_sum", weighted_sum_impl, mutates_args=(), schema=WEIGHTED_SUM_SCHEMA
     )
+    lse_op.register_fake(_lse_shape)
+    weighted_sum_op.register_fake(_weighted_sum_shape)
+    return lse_op, weighted_sum_op
 
-    @lse_op.register_fake
-    def _(a, b, *args):
-        return a.new_empty(a.shape[0], dtype=accumulation_dtype(a.dtype))
 
-    @weighted_sum_op.register_fake
-    def _(a, b, *args):
-        return a.new_empty(a.shape, dtype=accumulation_dtype(a.dtype))
+def _lse_shape(a, b, *args):
+    return a.new_empty(a.shape[0], dtype=accumulation_dtype(a.dtype))
 
-    return OpKernels(lse_op, weighted_sum_op)
+
+def _weighted_sum_shape(a, b, *args):
+    return a.new_empty(a.shape, dtype=accumulation_dtype(a.dtype))

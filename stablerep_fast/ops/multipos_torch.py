@@ -1,57 +1,37 @@
 """PyTorch backends of the multi-positive cross-entropy: dense (the reference) and chunked.
 
-Both compute, for rows x_i against columns y_j with a scalar scale c (1/tau, or the CLIP
-logit scale):
-
-    s_ij = c * x_i . y_j            (j = self_offset + i excluded when self_offset is set)
-    P_i  = {j : col_labels_j == row_labels_i, j not excluded},  k_i = |P_i|
-    l_i  = logsumexp_j s_ij - mean_{j in P_i} s_ij   if k_i > 0, else 0
-    loss = mean_i l_i
-
-``dense`` materialises the [n, M] logits like the StableRep reference implementation.
-``chunked`` implements the two kernels of ``multipos_fused`` with row chunks of torch
-matmuls, so memory is O(chunk * M): only lse [n] is saved, the positive term comes from
-per-caption column sums, and the backward recomputes each chunk's similarities.
+Both compute ``multipos_fused.multipos_ce``'s loss. ``REFERENCE`` materialises the [n, M]
+logits and masks like the StableRep reference implementation and lets autograd
+differentiate them. ``CHUNKED`` implements the two kernels of ``multipos_fused`` with row
+chunks of torch matmuls, so memory is O(chunk * M): only lse [n] is saved, the positive term
+comes from per-caption column sums, and the backward recomputes each chunk's similarities.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from stablerep_fast.ops.distributed import gathered_columns_loss
-from stablerep_fast.ops.multipos_fused import accumulation_dtype, fused_multipos_ce
+from stablerep_fast.ops.multipos_fused import Backend, accumulation_dtype
 
 # Elements of one [chunk, M] similarity block in the chunked backend: 4M fp32 = 16 MiB.
 CHUNK_ELEMENTS = 1 << 22
-# The "torch" backend switches from dense to chunked above this many logits (n * M):
-# 2048 x 2048 logits keep the dense path's ~10 N^2 temporaries under ~200 MB.
-DENSE_MAX_ELEMENTS = 1 << 22
 
 
-def multipos_ce_dense(
-    rows: torch.Tensor,
-    cols: torch.Tensor,
-    row_labels: torch.Tensor,
-    col_labels: torch.Tensor,
-    scale: torch.Tensor | float,
-    self_offset: int | None,
-    group=None,
-) -> torch.Tensor:
-    """Reference semantics with [n, M] masks and logits; differentiable by autograd. With a
+def dense_multipos_ce(rows, cols, row_labels, col_labels, scale, diag, group=None) -> torch.Tensor:
+    """``multipos_fused.multipos_ce`` with [n, M] masks and logits, differentiated by autograd. With a
     process ``group`` the columns of every rank are gathered differentiably, as the reference
     does (see ``distributed.gathered_columns_loss``)."""
     if group is not None:
-        return gathered_columns_loss(multipos_ce_dense, rows, cols, row_labels, col_labels, scale, self_offset, group)
+        return gathered_columns_loss(dense_multipos_ce, rows, cols, row_labels, col_labels, scale, diag, group)
     n, acc = rows.shape[0], accumulation_dtype(rows.dtype)
     rows, cols = rows.to(acc), cols.to(acc)
     logits = scale * (rows @ cols.T)
     positive = row_labels[:, None] == col_labels[None, :]
-    if self_offset is not None:
+    if diag is not None:
         is_self = torch.zeros_like(positive)
         i = torch.arange(n, device=rows.device)
-        is_self[i, i + self_offset] = True
+        is_self[i, i + diag] = True
         logits = logits.masked_fill(is_self, float("-inf"))
         positive &= ~is_self
     k = positive.sum(1)
@@ -73,56 +53,36 @@ def _scaled_logits(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, diag: 
     return logits
 
 
-@dataclass(frozen=True)
-class ChunkedKernels:
-    """The two fused kernels (see multipos_fused) as loops over row chunks of torch matmuls."""
-
-    chunk_rows: int | None = None  # None: CHUNK_ELEMENTS // nb rows per chunk
-
-    def _chunks(self, a: torch.Tensor, b: torch.Tensor):
-        rows = self.chunk_rows or max(1, CHUNK_ELEMENTS // max(b.shape[0], 1))
-        acc = accumulation_dtype(a.dtype)
-        a, b = a.to(acc), b.to(acc)
-        for r0 in range(0, a.shape[0], rows):
-            yield r0, slice(r0, r0 + rows), a, b
-
-    def lse(self, a, b, scale, diag):
-        out = torch.empty(a.shape[0], dtype=accumulation_dtype(a.dtype), device=a.device)
-        for r0, rs, a, b in self._chunks(a, b):
-            out[rs] = torch.logsumexp(_scaled_logits(a[rs], b, scale, diag, r0), dim=1)
-        return out
-
-    def weighted_sum(self, a, b, u, lse_a, v, lse_b, scale, diag):
-        out = torch.empty(a.shape, dtype=accumulation_dtype(a.dtype), device=a.device)
-        for r0, rs, a, b in self._chunks(a, b):
-            logits = _scaled_logits(a[rs], b, scale, diag, r0)
-            p = 0.0
-            if u is not None:
-                p = u[rs, None] * torch.exp(logits - lse_a[rs, None])
-            if v is not None:
-                p = p + v[None, :] * torch.exp(logits - lse_b[None, :])
-            out[rs] = p @ b
-        return out
+def _chunks(a: torch.Tensor, b: torch.Tensor):
+    """(first row, row slice, a, b) per chunk of CHUNK_ELEMENTS logits, in the accumulation dtype."""
+    rows = max(1, CHUNK_ELEMENTS // max(b.shape[0], 1))
+    acc = accumulation_dtype(a.dtype)
+    a, b = a.to(acc), b.to(acc)
+    for r0 in range(0, a.shape[0], rows):
+        yield r0, slice(r0, r0 + rows), a, b
 
 
-def multipos_ce_chunked(
-    rows: torch.Tensor,
-    cols: torch.Tensor,
-    row_labels: torch.Tensor,
-    col_labels: torch.Tensor,
-    scale: torch.Tensor | float,
-    self_offset: int | None,
-    group=None,
-    chunk_rows: int | None = None,
-) -> torch.Tensor:
-    """Memory-bounded version of :func:`multipos_ce_dense` (same value and gradients)."""
-    kernels = ChunkedKernels(chunk_rows)
-    return fused_multipos_ce(kernels, rows, cols, row_labels, col_labels, scale, self_offset, group)
+def chunked_lse(a, b, scale, diag, precision):
+    """The lse kernel (see multipos_fused) over row chunks; exact, ``precision`` is not used."""
+    out = torch.empty(a.shape[0], dtype=accumulation_dtype(a.dtype), device=a.device)
+    for r0, rs, a, b in _chunks(a, b):
+        out[rs] = torch.logsumexp(_scaled_logits(a[rs], b, scale, diag, r0), dim=1)
+    return out
 
 
-def multipos_ce_torch(rows, cols, row_labels, col_labels, scale, self_offset, group=None) -> torch.Tensor:
-    """Dense for small problems, chunked once the [n, M] logits would be large."""
-    world = 1 if group is None else torch.distributed.get_world_size(group)
-    if rows.shape[0] * cols.shape[0] * world <= DENSE_MAX_ELEMENTS:
-        return multipos_ce_dense(rows, cols, row_labels, col_labels, scale, self_offset, group)
-    return multipos_ce_chunked(rows, cols, row_labels, col_labels, scale, self_offset, group)
+def chunked_weighted_sum(a, b, u, lse_a, v, lse_b, scale, diag, precision):
+    """The weighted_sum kernel (see multipos_fused) over row chunks; exact."""
+    out = torch.empty(a.shape, dtype=accumulation_dtype(a.dtype), device=a.device)
+    for r0, rs, a, b in _chunks(a, b):
+        logits = _scaled_logits(a[rs], b, scale, diag, r0)
+        p = 0.0
+        if u is not None:
+            p = u[rs, None] * torch.exp(logits - lse_a[rs, None])
+        if v is not None:
+            p = p + v[None, :] * torch.exp(logits - lse_b[None, :])
+        out[rs] = p @ b
+    return out
+
+
+REFERENCE = Backend("reference", "PyTorch, dense [N, N] logits (the reference)", None, None, dense=dense_multipos_ce)
+CHUNKED = Backend("chunked", "PyTorch, row chunks, O(N * chunk) memory", chunked_lse, chunked_weighted_sum)

@@ -1,7 +1,7 @@
 """Triton backend of the multi-positive cross-entropy: the two kernels of ``multipos_fused``.
 
-    lse(a, b, scale, diag)                        -> [na] float32
-    weighted_sum(a, b, u, lse_a, v, lse_b, ...)   -> [na, D] float32
+    lse(a, b, scale, diag, precision)                               -> [na] float32
+    weighted_sum(a, b, u, lse_a, v, lse_b, scale, diag, precision)  -> [na, D] float32
 
 Each program owns a BLOCK_M row tile of ``a`` and walks the column tiles of ``b``,
 recomputing s = scale * a_tile @ b_tile^T with tl.dot (float32 accumulation); nothing
@@ -22,21 +22,16 @@ TRITON_INTERPRET=1 they run on CPU tensors through Triton's interpreter (the tes
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Optional
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-from stablerep_fast.ops.multipos_fused import OpKernels, fused_multipos_ce, register_kernels
+from stablerep_fast.ops.multipos_fused import LSE_SCHEMA, WEIGHTED_SUM_SCHEMA, Backend, register_kernels
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 PRECISIONS = ("tf32", "ieee")
-HALF_INPUTS = True
-# "auto" prefers this backend on CUDA from this many logits (N x M) up. Not yet measured: a
-# guess that below N ~ 1024 the dense torch path's [N, N] kernels cost no more than launches.
-AUTO_MIN_LOGITS = 1 << 20
 
 
 # ---- kernels ---------------------------------------------------------------------------------
@@ -210,11 +205,10 @@ _TRACEABLE = hasattr(torch.library, "triton_op") and not _INTERPRET
 _launchable = torch.library.wrap_triton if _TRACEABLE else lambda kernel: kernel
 
 
-def _lse(
-    a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, diag: int, has_diag: bool, precision: str
-) -> torch.Tensor:
-    """lse_i = log sum_j exp(scale * a_i . b_j) over j != i + diag (when has_diag): [na] float32."""
+def _lse(a, b, scale, diag, precision):
+    """lse_i = log sum_j exp(scale * a_i . b_j) over j != i + diag: [na] float32."""
     _check(a, b, scale, precision)
+    has_diag, diag = diag is not None, diag or 0
     a, b = a.contiguous(), b.contiguous()
     na, nb, d = a.shape[0], b.shape[0], a.shape[1]
     out = torch.empty(na, dtype=torch.float32, device=a.device)
@@ -228,24 +222,14 @@ def _lse(
     return out
 
 
-def _weighted_sum(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    u: Optional[torch.Tensor],
-    lse_a: Optional[torch.Tensor],
-    v: Optional[torch.Tensor],
-    lse_b: Optional[torch.Tensor],
-    scale: torch.Tensor,
-    diag: int,
-    has_diag: bool,
-    precision: str,
-) -> torch.Tensor:
+def _weighted_sum(a, b, u, lse_a, v, lse_b, scale, diag, precision):
     """out_i = sum_j (u_i exp(s_ij - lse_a_i) + v_j exp(s_ij - lse_b_j)) b_j: [na, D] float32.
 
-    s_ij = scale * a_i . b_j; j = i + diag is skipped when has_diag; u/lse_a (v/lse_b) are
-    float32 [na] ([nb]) and both None when that term is absent.
+    s_ij = scale * a_i . b_j; j = i + diag is skipped; u/lse_a (v/lse_b) are float32 [na]
+    ([nb]) and both None when that term is absent.
     """
     _check(a, b, scale, precision)
+    has_diag, diag = diag is not None, diag or 0
     a, b = a.contiguous(), b.contiguous()
     na, nb, d = a.shape[0], b.shape[0], a.shape[1]
     out = torch.empty(na, d, dtype=torch.float32, device=a.device)
@@ -267,34 +251,14 @@ def _f32(x: torch.Tensor | None) -> torch.Tensor | None:
 # ---- the backend -----------------------------------------------------------------------------
 
 if _TRACEABLE:
-    _OPS = OpKernels(
-        torch.library.triton_op("stablerep_fast::triton_lse", mutates_args=())(_lse),
-        torch.library.triton_op("stablerep_fast::triton_weighted_sum", mutates_args=())(_weighted_sum),
+    _KERNELS = (
+        torch.library.triton_op("stablerep_fast::triton_lse", _lse, mutates_args=(), schema=LSE_SCHEMA),
+        torch.library.triton_op(
+            "stablerep_fast::triton_weighted_sum", _weighted_sum, mutates_args=(), schema=WEIGHTED_SUM_SCHEMA
+        ),
     )
 else:
-    _OPS = register_kernels("triton", _lse, _weighted_sum)
-
-
-def triton_kernels(precision: str = "tf32") -> OpKernels:
-    """The ``multipos_fused.Kernels`` pair through the registered ops ``stablerep_fast::triton_lse``
-    and ``triton_weighted_sum``; ``precision`` is float32 inputs' tl.dot mode: "tf32" (tensor
-    cores) or "ieee" (exact)."""
-    return replace(_OPS, extra=(precision,))
-
-
-def multipos_ce_triton(
-    rows: torch.Tensor,
-    cols: torch.Tensor,
-    row_labels: torch.Tensor,
-    col_labels: torch.Tensor,
-    scale: torch.Tensor | float,
-    self_offset: int | None,
-    group=None,
-    precision: str = "tf32",
-) -> torch.Tensor:
-    """The fused loss (see multipos_torch for the semantics) on the Triton kernels."""
-    kernels = triton_kernels(precision)
-    return fused_multipos_ce(kernels, rows, cols, row_labels, col_labels, scale, self_offset, group)
+    _KERNELS = register_kernels("triton", _lse, _weighted_sum)
 
 
 def unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -306,3 +270,11 @@ def unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
     if device.type == "cpu" and _INTERPRET:
         return None
     return f"Triton needs a CUDA device ({device.type} runs only under TRITON_INTERPRET=1, set before import)"
+
+
+TRITON = Backend(
+    "triton", "fused Triton kernels", *_KERNELS, unavailable=unavailable, half_inputs=True, precisions=PRECISIONS,
+    # "auto" prefers this backend on CUDA from this many logits (N x M) up. Not yet measured: a
+    # guess that below N ~ 1024 the dense torch path's [N, N] kernels cost no more than launches.
+    auto_min_logits=1 << 20,
+)

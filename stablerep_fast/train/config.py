@@ -1,4 +1,4 @@
-"""The training settings, one dataclass; its defaults are the ViT-B/16 recipe of METHOD.md.
+"""The training settings, one dataclass; its defaults are the ViT-B/16 recipe of docs/method.md.
 
 ``PRESETS["tiny"]`` trains a small ViT at 32 px in seconds on a CPU (tests, the demo);
 ``PRESETS["vit_b16"]`` is the recipe. Configs round-trip through YAML (``save``/``load``).
@@ -35,7 +35,7 @@ class TrainConfig:
     model_kwargs: dict = field(default_factory=dict)
     head_hidden: int = 4096
     head_dim: int = 256
-    # StableRep+: a CLIP text tower and the image-text loss (weights w1, w2 of METHOD.md).
+    # StableRep+: a CLIP text tower and the image-text loss (weights w1, w2 of docs/method.md).
     text: bool = False
     text_width: int = 512
     text_layers: int = 12

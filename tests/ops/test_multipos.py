@@ -1,5 +1,6 @@
 """multipos_con_loss / multipos_clip_loss and the drop-in modules against tests/reference.py."""
 
+import dataclasses
 import math
 
 import pytest
@@ -10,6 +11,7 @@ import stablerep_fast
 from helpers import assert_close
 from stablerep_fast import MultiPosConLoss, MultiPosConLossMM, multipos_clip_loss, multipos_con_loss
 from stablerep_fast.ops import multipos_torch
+from stablerep_fast.ops.multipos_fused import multipos_ce
 
 # float64 in, float64 out: only summation order differs from the row-by-row reference.
 F64 = dict(rtol=1e-10, atol=1e-12)
@@ -147,26 +149,38 @@ def test_small_temperature_with_large_norms_is_finite_and_exact(backend_name, no
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 16, 64])
-def test_chunked_gradcheck(chunk):
+def test_chunked_gradcheck(chunk, monkeypatch):
     z = torch.randn(11, 5, dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4, 4, 5, 0])
+    monkeypatch.setattr(multipos_torch, "CHUNK_ELEMENTS", chunk * 11)  # chunks of `chunk` rows
 
     def f(z):
-        return multipos_torch.multipos_ce_chunked(z, z, labels, labels, 7.0, 0, chunk_rows=chunk)
+        return multipos_ce(multipos_torch.CHUNKED, z, z, labels, labels, 7.0, 0)
 
     assert torch.autograd.gradcheck(f, (z,))
 
 
-def test_chunked_gradcheck_rows_against_other_columns_with_scale():
-    # Distinct rows/columns, a self offset and a learnable scale: the general form the
+def test_chunked_gradcheck_symmetric_with_learnable_scale(monkeypatch):
+    # Rows are the columns (one symmetric backward pass) and the scale needs its gradient.
+    z = torch.randn(11, 5, dtype=torch.float64, requires_grad=True)
+    scale = torch.tensor(4.0, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4, 4, 5, 0])
+    monkeypatch.setattr(multipos_torch, "CHUNK_ELEMENTS", 3 * 11)
+    assert torch.autograd.gradcheck(lambda z, s: multipos_ce(multipos_torch.CHUNKED, z, z, labels, labels, s, 0),
+                                    (z, scale))
+
+
+def test_chunked_gradcheck_rows_against_other_columns_with_scale(monkeypatch):
+    # Distinct rows/columns, an excluded diagonal and a learnable scale: the general form the
     # distributed and image-text paths use.
     rows = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
     cols = torch.randn(9, 6, dtype=torch.float64, requires_grad=True)
     scale = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
     row_labels, col_labels = torch.tensor([1, 2, 2, 9]), torch.tensor([0, 1, 2, 1, 2, 2, 9, 1, 3])
+    monkeypatch.setattr(multipos_torch, "CHUNK_ELEMENTS", 3 * 9)  # chunks of 3 rows
 
     def f(rows, cols, scale):
-        return multipos_torch.multipos_ce_chunked(rows, cols, row_labels, col_labels, scale, 3, chunk_rows=3)
+        return multipos_ce(multipos_torch.CHUNKED, rows, cols, row_labels, col_labels, scale, 3)
 
     assert torch.autograd.gradcheck(f, (rows, cols, scale))
 
@@ -178,13 +192,18 @@ def test_reference_backend_gradcheck():
 
 
 def test_torch_backend_switches_to_chunked_when_large(monkeypatch):
+    from stablerep_fast.ops import dispatch
+
     calls = []
-    real = multipos_torch.multipos_ce_chunked
-    monkeypatch.setattr(multipos_torch, "multipos_ce_chunked", lambda *a: calls.append(1) or real(*a))
-    monkeypatch.setattr(multipos_torch, "DENSE_MAX_ELEMENTS", 100)
+    real = multipos_torch.CHUNKED
+    spy = dataclasses.replace(real, lse=lambda *a: calls.append(1) or real.lse(*a))
+    monkeypatch.setattr(multipos_torch, "CHUNKED", spy)
+    monkeypatch.setattr(dispatch, "CHUNKED", spy)
+    monkeypatch.setattr(dispatch, "DENSE_MAX_LOGITS", 100)
     feats, labels = _inputs(11, 3, 4)
-    multipos_con_loss(feats, labels, backend="torch")  # 121 logits > 100
+    loss = multipos_con_loss(feats, labels, backend="torch")  # 121 logits > 100
     assert calls == [1]
+    assert_close(loss, reference.multipos_con_loss(feats.detach(), labels, 0.1), **F64, name="chunked loss")
     multipos_con_loss(feats[:10], labels[:10], backend="torch")  # 100 logits: dense
     assert calls == [1]
 
@@ -313,9 +332,11 @@ def test_available_backends_on_cpu_include_torch_variants():
 def test_auto_passes_over_backends_that_cannot_take_the_width(monkeypatch):
     from stablerep_fast.ops import dispatch
 
-    fake = dispatch.LoadedBackend("narrow", lambda *a: None, lambda device, dtype: None, max_d=256)
-    monkeypatch.setitem(dispatch._LOADED, "narrow", fake)
-    monkeypatch.setitem(dispatch.AUTO_ORDER, "cpu", ("narrow", "torch"))
+    narrow = dataclasses.replace(multipos_torch.CHUNKED, name="narrow", max_d=256)
+    monkeypatch.setitem(dispatch._RECORDS, "narrow", narrow)
+    monkeypatch.setitem(dispatch.AUTO_ORDER, "cpu", ("narrow",))
     dev = torch.device("cpu")
     assert dispatch.resolve_backend("auto", dev, torch.float32, 10**6, 256).name == "narrow"
-    assert dispatch.resolve_backend("auto", dev, torch.float32, 10**6, 257).name == "torch"
+    # Past the width: "torch", which is the chunked kernels at 10^7 logits, the dense reference at 10^3.
+    assert dispatch.resolve_backend("auto", dev, torch.float32, 10**7, 257).name == "chunked"
+    assert dispatch.resolve_backend("auto", dev, torch.float32, 10**3, 257).name == "reference"

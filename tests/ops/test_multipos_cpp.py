@@ -2,6 +2,7 @@
 boundary validation and torch.compile tracing. Loss-level checks against the float64
 reference run for every backend in test_multipos.py."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -11,14 +12,13 @@ import torch
 
 from helpers import assert_close
 from stablerep_fast import multipos_con_loss
-from stablerep_fast.ops.multipos_cpp import CPP_KERNELS, multipos_ce_cpp
-from stablerep_fast.ops.multipos_torch import ChunkedKernels
+from stablerep_fast.ops.multipos_cpp import CPP
+from stablerep_fast.ops.multipos_torch import CHUNKED
 
 pytestmark = pytest.mark.skipif(
-    multipos_ce_cpp is None, reason="never: the module imports only when the extension is built"
+    CPP.unavailable(torch.device("cpu"), torch.float32) is not None,
+    reason=str(CPP.unavailable(torch.device("cpu"), torch.float32)),
 )
-
-REFERENCE = ChunkedKernels()
 # float64: the same sums in another order. float32: ~1 ulp exp polynomial + fp32 dots over D.
 TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=2e-5, atol=2e-5)}
 # (na, nb, D): single rows, sizes that straddle the 4-row / 32-column micro-tiles, the 64-row
@@ -38,8 +38,8 @@ def _problem(na, nb, d, dtype):
 @pytest.mark.parametrize("diag", DIAGS)
 def test_lse_matches_torch_kernel(dtype, na, nb, d, diag):
     a, b, scale = _problem(na, nb, d, dtype)
-    got = CPP_KERNELS.lse(a, b, scale, diag)
-    want = REFERENCE.lse(a, b, scale, diag)
+    got = CPP.lse(a, b, scale, diag, "ieee")
+    want = CHUNKED.lse(a, b, scale, diag, "ieee")
     assert got.dtype == dtype
     assert_close(got, want, **TOL[dtype], name="lse")
 
@@ -52,8 +52,8 @@ def test_weighted_sum_matches_torch_kernel(dtype, na, nb, d, diag, terms):
     a, b, scale = _problem(na, nb, d, dtype)
     u = torch.rand(na, dtype=dtype) if "u" in terms else None
     v = torch.rand(nb, dtype=dtype) if "v" in terms else None
-    lse_a = REFERENCE.lse(a, b, scale, diag) if u is not None else None
-    lse_b = REFERENCE.lse(b, a, scale, None if diag is None else -diag) if v is not None else None
+    lse_a = CHUNKED.lse(a, b, scale, diag, "ieee") if u is not None else None
+    lse_b = CHUNKED.lse(b, a, scale, None if diag is None else -diag, "ieee") if v is not None else None
     # The Function passes +inf (never -inf) for rows whose softmax must vanish: rows without
     # any column (1 x 1 with the diagonal excluded) and rows without positives.
     for lse in (lse_a, lse_b):
@@ -61,16 +61,16 @@ def test_weighted_sum_matches_torch_kernel(dtype, na, nb, d, diag, terms):
             lse[torch.isneginf(lse)] = float("inf")
     if lse_a is not None and na > 1:
         lse_a[0] = float("inf")
-    got = CPP_KERNELS.weighted_sum(a, b, u, lse_a, v, lse_b, scale, diag)
-    want = REFERENCE.weighted_sum(a, b, u, lse_a, v, lse_b, scale, diag)
+    got = CPP.weighted_sum(a, b, u, lse_a, v, lse_b, scale, diag, "ieee")
+    want = CHUNKED.weighted_sum(a, b, u, lse_a, v, lse_b, scale, diag, "ieee")
     assert torch.isfinite(got).all()
     assert_close(got, want, **TOL[dtype], name="weighted_sum")
 
 
 def test_half_precision_inputs_compute_in_float32():
     a, b, scale = _problem(20, 33, 16, torch.float32)
-    got = CPP_KERNELS.lse(a.bfloat16(), b.bfloat16(), scale, 0)
-    want = REFERENCE.lse(a.bfloat16().float(), b.bfloat16().float(), scale, 0)
+    got = CPP.lse(a.bfloat16(), b.bfloat16(), scale, 0, "ieee")
+    want = CHUNKED.lse(a.bfloat16().float(), b.bfloat16().float(), scale, 0, "ieee")
     assert got.dtype == torch.float32
     assert_close(got, want, **TOL[torch.float32], name="lse from bf16")
 
@@ -118,27 +118,28 @@ def test_thread_count_does_not_change_a_bit(tmp_path):
 def test_boundary_rejects_bad_operands():
     a, b, scale = _problem(4, 6, 3, torch.float32)
     with pytest.raises(ValueError, match="a and b must be"):
-        CPP_KERNELS.lse(a, b[:, :2], scale, None)
+        CPP.lse(a, b[:, :2], scale, None, "ieee")
     with pytest.raises(ValueError, match="together"):
-        CPP_KERNELS.weighted_sum(a, b, torch.ones(4), None, None, None, scale, None)
+        CPP.weighted_sum(a, b, torch.ones(4), None, None, None, scale, None, "ieee")
     with pytest.raises(ValueError, match="u must have shape"):
-        CPP_KERNELS.weighted_sum(a, b, torch.ones(5), torch.zeros(5), None, None, scale, None)
+        CPP.weighted_sum(a, b, torch.ones(5), torch.zeros(5), None, None, scale, None, "ieee")
     with pytest.raises(ValueError, match="scale must be finite"):  # raised by the C++ side
-        CPP_KERNELS.lse(a, b, torch.tensor(float("nan")), None)
+        CPP.lse(a, b, torch.tensor(float("nan")), None, "ieee")
 
 
 def test_strided_inputs_are_made_contiguous():
     a, b, scale = _problem(10, 12, 8, torch.float64)
     a_strided = torch.randn(8, 10, dtype=torch.float64).T  # [10, 8], non-contiguous
     a_strided.copy_(a)
-    assert_close(CPP_KERNELS.lse(a_strided, b, scale, 1), REFERENCE.lse(a, b, scale, 1), **TOL[torch.float64])
+    assert_close(CPP.lse(a_strided, b, scale, 1, "ieee"), CHUNKED.lse(a, b, scale, 1, "ieee"), **TOL[torch.float64])
 
 
 def test_auto_picks_cpp_on_cpu_above_small_sizes(monkeypatch):
-    import stablerep_fast.ops.multipos_cpp as cpp
+    from stablerep_fast.ops import dispatch
 
     calls = []
-    monkeypatch.setattr(cpp, "fused_multipos_ce", lambda *a: calls.append(len(a)) or a[1].sum() * 0)
+    spy = dataclasses.replace(CPP, lse=lambda *a: calls.append(1) or CPP.lse(*a))
+    monkeypatch.setitem(dispatch._RECORDS, "cpp", spy)
     multipos_con_loss(torch.randn(512, 8), torch.arange(512) // 4)  # 512^2 logits: cpp
     assert len(calls) == 1
     multipos_con_loss(torch.randn(16, 8), torch.arange(16) // 4)  # tiny: dense torch

@@ -8,7 +8,7 @@ import reference
 from helpers import assert_close
 from stablerep_fast import _ext, multipos_clip_loss, multipos_con_loss
 from stablerep_fast.ops.dispatch import unavailable_reason
-from stablerep_fast.ops.multipos_torch import ChunkedKernels
+from stablerep_fast.ops.multipos_torch import CHUNKED
 
 CUDA_BUILT = _ext.is_built() and _ext.build_info()["cuda"]
 # Relative to the largest reference entry: TF32 keeps 10 mantissa bits, bf16 8, fp16 11;
@@ -24,15 +24,15 @@ def test_unavailable_on_cpu_says_why():
 
 @pytest.mark.skipif(not CUDA_BUILT, reason="extension built without CUDA")
 def test_kernels_reject_bad_arguments_before_touching_the_gpu():
-    from stablerep_fast.ops.multipos_cuda import CUDA_KERNELS
+    from stablerep_fast.ops.multipos_cuda import CUDA
 
     a = torch.randn(4, 300)
     with pytest.raises(ValueError, match="D <= 256"):
-        CUDA_KERNELS.lse_op(a, a, torch.tensor(1.0), 0, False, "tf32")
+        CUDA.lse(a, a, torch.tensor(1.0), None, "tf32")
     with pytest.raises(ValueError, match="precision"):
-        CUDA_KERNELS.lse_op(a[:, :8], a[:, :8], torch.tensor(1.0), 0, False, "fast")
+        CUDA.lse(a[:, :8], a[:, :8], torch.tensor(1.0), None, "fast")
     with pytest.raises(ValueError, match="CUDA tensors only"):
-        CUDA_KERNELS.lse_op(a[:, :8], a[:, :8], torch.tensor(1.0), 0, False, "tf32")
+        CUDA.lse(a[:, :8], a[:, :8], torch.tensor(1.0), None, "tf32")
 
 
 def _problem(na, nb, d, dtype):
@@ -47,24 +47,21 @@ def _problem(na, nb, d, dtype):
 @pytest.mark.parametrize("na,nb,d", [(1, 1, 1), (63, 65, 17), (130, 257, 130), (300, 1000, 256)])
 @pytest.mark.parametrize("diag", [None, 0, -7])
 def test_kernels_match_float64_torch_kernels(dtype, precision, na, nb, d, diag):
-    from stablerep_fast.ops.multipos_cuda import CUDA_KERNELS
-    from dataclasses import replace
+    from stablerep_fast.ops.multipos_cuda import CUDA
 
-    kernels = replace(CUDA_KERNELS, extra=(precision,))
     a, b = _problem(na, nb, d, dtype)
     scale = torch.tensor(10.0, device="cuda")
-    ref = ChunkedKernels()
     a64, b64, s64 = a.double(), b.double(), scale.double()
     tol = TOL[precision] if dtype == torch.float32 else TOL[dtype]
-    lse = kernels.lse(a, b, scale, diag)
-    want = ref.lse(a64, b64, s64, diag)
+    lse = CUDA.lse(a, b, scale, diag, precision)
+    want = CHUNKED.lse(a64, b64, s64, diag, "ieee")
     assert_close(lse, want, rtol=tol, atol=tol * want.abs().max().item(), name="lse")
     want = want.masked_fill(torch.isneginf(want), float("inf"))
     u, v = torch.rand(na, device="cuda"), torch.rand(nb, device="cuda")
-    lse_b = ref.lse(b64, a64, s64, None if diag is None else -diag)
+    lse_b = CHUNKED.lse(b64, a64, s64, None if diag is None else -diag, "ieee")
     lse_b = lse_b.masked_fill(torch.isneginf(lse_b), float("inf"))
-    got = kernels.weighted_sum(a, b, u, want.float(), v, lse_b.float(), scale, diag)
-    expect = ref.weighted_sum(a64, b64, u.double(), want, v.double(), lse_b, s64, diag)
+    got = CUDA.weighted_sum(a, b, u, want.float(), v, lse_b.float(), scale, diag, precision)
+    expect = CHUNKED.weighted_sum(a64, b64, u.double(), want, v.double(), lse_b, s64, diag, "ieee")
     assert_close(got, expect, rtol=tol, atol=tol * expect.abs().max().item(), name="weighted_sum")
 
 

@@ -1,6 +1,6 @@
 """Distributed losses: gloo processes on loopback against one float64 process.
 
-Semantics (METHOD.md): rank r's loss is the mean over its own rows against every rank's
+Semantics (docs/method.md): rank r's loss is the mean over its own rows against every rank's
 columns; each rank's feature gradient is W times the gradient of the global mean loss, so
 DDP's average over ranks trains on the global mean, whatever the local batch sizes.
 """
@@ -80,7 +80,7 @@ def test_rank_losses_and_gradients_match_one_process(world, sizes, backend, tmp_
     (global_grad,) = torch.autograd.grad(reference.multipos_con_loss(f, labels, 0.1), f)
     for r in range(world):
         rows = _slice(sizes, r)
-        rank_loss = reference.multipos_ce_rows(z[rows], z, labels[rows], labels, 10.0, self_offset=rows.start)
+        rank_loss = reference.multipos_ce_rows(z[rows], z, labels[rows], labels, 10.0, diag=rows.start)
         assert_close(results[r]["loss"], rank_loss, **F64, name=f"rank {r} loss")
         assert_close(results[r]["grad"], world * global_grad[rows], **F64, name=f"rank {r} grad")
 

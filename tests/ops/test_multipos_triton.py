@@ -13,10 +13,11 @@ import torch.nn.functional as F
 import reference
 from helpers import assert_close
 from stablerep_fast import available_backends, multipos_clip_loss, multipos_con_loss
-from stablerep_fast.ops.multipos_torch import ChunkedKernels, multipos_ce_chunked, multipos_ce_dense
+from stablerep_fast.ops.multipos_fused import multipos_ce
+from stablerep_fast.ops.multipos_torch import CHUNKED, REFERENCE
 
 multipos_triton = pytest.importorskip("stablerep_fast.ops.multipos_triton")
-from stablerep_fast.ops.multipos_triton import multipos_ce_triton, triton_kernels  # noqa: E402
+TRITON = multipos_triton.TRITON
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 pytestmark = [
@@ -39,7 +40,7 @@ API_GRAD_REL = F32_GRAD_REL if DEVICE.type == "cpu" else 2e-2
 # Half inputs: the loss is float32 compute on exact products; the gradient comes back in the
 # input dtype, rounded to 2^-8 (bf16) / 2^-11 (fp16) relative.
 HALF_GRAD_REL = {torch.bfloat16: 2**-7, torch.float16: 2**-10}
-# Kernels against ChunkedKernels on the same inputs in float64, relative to the largest
+# Kernels against the chunked kernels on the same inputs in float64, relative to the largest
 # output entry: float32 dots (ieee) ~1e-6; bf16 p @ b carries p as hi + lo bf16 parts
 # (~16 bits); fp16 p @ b runs in tf32 (11 bits of p) on GPUs.
 KERNEL_REL = {torch.float32: 1e-5, torch.bfloat16: 1e-4, torch.float16: 2e-3}
@@ -116,10 +117,10 @@ def test_rows_without_positives():
 @pytest.mark.parametrize("normalize", [True, False])
 def test_small_temperature_with_large_norms_is_finite(normalize):
     # normalize=False with norms ~30 and tau = 0.01 gives logits ~1e5: exp overflows if unstable.
-    # Through multipos_ce_triton for precision="ieee": tf32 would put ~1e5 * 2^-11 into a logit.
+    # Through multipos_ce for precision="ieee": tf32 would put ~1e5 * 2^-11 into a logit.
     feats, labels = _feats(24, 10, 6, scale=1e4 if normalize else 10.0)
     z = F.normalize(feats, dim=1) if normalize else feats
-    loss = multipos_ce_triton(z, z, labels, labels, 100.0, 0, precision="ieee")
+    loss = multipos_ce(TRITON, z, z, labels, labels, 100.0, 0, precision="ieee")
     (grad,) = torch.autograd.grad(loss, feats)
     ref_loss, ref_grad = _reference(feats, labels, 0.01, normalize=normalize)
     assert torch.isfinite(loss) and torch.isfinite(grad).all()
@@ -144,14 +145,14 @@ def _unit_rows(n, d, dtype, clusters=None, spread=0.1):
     return F.normalize(x, dim=1).to(dtype).to(DEVICE).requires_grad_()
 
 
-def _reference_ce(rows, cols, row_labels, col_labels, scale, self_offset, inputs):
+def _reference_ce(rows, cols, row_labels, col_labels, scale, diag, inputs):
     """Float64 loss and gradients w.r.t. ``inputs`` (a subset of rows, cols, scale)."""
     args = {"rows": rows, "cols": cols, "scale": scale}
     leaves = {k: v.detach().cpu().double().requires_grad_() for k, v in args.items() if torch.is_tensor(v)}
     if cols is rows:
         leaves["cols"] = leaves["rows"]
     loss = reference.multipos_ce_rows(leaves["rows"], leaves["cols"], row_labels.cpu(), col_labels.cpu(),
-                                      leaves.get("scale", scale), self_offset)
+                                      leaves.get("scale", scale), diag)
     return loss.detach(), torch.autograd.grad(loss, [leaves[k] for k in inputs])
 
 
@@ -159,7 +160,7 @@ def _reference_ce(rows, cols, row_labels, col_labels, scale, self_offset, inputs
 def test_half_inputs_symmetric_pass(dtype):
     z = _unit_rows(70, 40, dtype)
     labels = (torch.arange(70) // 6).to(DEVICE)
-    loss = multipos_ce_triton(z, z, labels, labels, 10.0, 0)
+    loss = multipos_ce(TRITON, z, z, labels, labels, 10.0, 0)
     (grad,) = torch.autograd.grad(loss, z)
     ref_loss, (ref_grad,) = _reference_ce(z, z, labels, labels, 10.0, 0, ["rows"])
     assert loss.dtype == torch.float32 and grad.dtype == dtype
@@ -175,7 +176,7 @@ def test_half_inputs_rows_against_other_columns(dtype):
     row_labels = (torch.arange(20) % 7).to(DEVICE)
     col_labels = torch.cat([torch.arange(40) % 9, row_labels.cpu(), torch.arange(15) % 5]).to(DEVICE)
     scale = torch.tensor(12.0, device=DEVICE, requires_grad=True)
-    loss = multipos_ce_triton(rows, cols, row_labels, col_labels, scale, 40)
+    loss = multipos_ce(TRITON, rows, cols, row_labels, col_labels, scale, 40)
     grads = torch.autograd.grad(loss, (rows, cols, scale))
     ref_loss, ref_grads = _reference_ce(rows, cols, row_labels, col_labels, scale, 40, ["rows", "cols", "scale"])
     assert_close(loss, ref_loss, **F32_LOSS, name="loss")
@@ -189,14 +190,14 @@ def test_bf16_gradient_keeps_precision_on_clustered_features():
     # leave only the final bf16 rounding of the gradient (measured 0.2%, i.e. 2^-9).
     z = _unit_rows(64, 32, torch.bfloat16, clusters=8, spread=0.1)
     labels = (torch.arange(64) % 8).to(DEVICE)
-    loss = multipos_ce_triton(z, z, labels, labels, 10.0, 0)
+    loss = multipos_ce(TRITON, z, z, labels, labels, 10.0, 0)
     (grad,) = torch.autograd.grad(loss, z)
     _, (ref_grad,) = _reference_ce(z, z, labels, labels, 10.0, 0, ["rows"])
     err = (grad.cpu().double() - ref_grad).norm() / ref_grad.norm()
     assert err < 2**-7, f"relative gradient error {err:.2e}"
 
 
-# ---- the kernels against ChunkedKernels --------------------------------------------------------
+# ---- the kernels against the chunked ones --------------------------------------------------------
 
 DIAGS = [None, 0, 5, -20, 200, -200]  # +-200: the excluded pair lies outside every row
 
@@ -216,17 +217,17 @@ def _f64(*tensors):
 @pytest.mark.parametrize("diag", DIAGS)
 def test_lse_kernel(dtype, diag):
     a, b, scale = _kernel_inputs(70, 75, 130, dtype)
-    got = triton_kernels("ieee").lse(a, b, scale, diag)
-    want = ChunkedKernels().lse(*_f64(a, b, scale), diag)
+    got = TRITON.lse(a, b, scale, diag, "ieee")
+    want = CHUNKED.lse(*_f64(a, b, scale), diag, "ieee")
     assert got.dtype == torch.float32
     assert_close(got, want, rtol=1e-6, atol=1e-5, name="lse")
 
 
 def test_lse_kernel_row_with_nothing_kept_is_minus_inf():
     a, b, scale = _kernel_inputs(3, 1, 16, torch.float32)  # row 0's only column is excluded
-    got = triton_kernels("ieee").lse(a, b, scale, 0)
+    got = TRITON.lse(a, b, scale, 0, "ieee")
     assert got[0].item() == float("-inf")
-    assert_close(got, ChunkedKernels().lse(*_f64(a, b, scale), 0), rtol=1e-6, atol=1e-5, name="lse")
+    assert_close(got, CHUNKED.lse(*_f64(a, b, scale), 0, "ieee"), rtol=1e-6, atol=1e-5, name="lse")
 
 
 @pytest.mark.parametrize("terms", ["u+v", "u", "v"])
@@ -248,17 +249,16 @@ def test_kernels_wide_d(d):
 
 def _check_weighted_sum(na, nb, d, dtype, terms, diag):
     a, b, scale = _kernel_inputs(na, nb, d, dtype)
-    chunked, kernels = ChunkedKernels(), triton_kernels("ieee")
     back = None if diag is None else -diag
     u = v = lse_a = lse_b = None
     if "u" in terms:
-        u, lse_a = torch.rand(na, device=DEVICE), kernels.lse(a, b, scale, diag)
+        u, lse_a = torch.rand(na, device=DEVICE), TRITON.lse(a, b, scale, diag, "ieee")
         lse_a[::4] = float("inf")  # rows whose softmax vanishes (anchors without positives)
     if "v" in terms:
-        v, lse_b = torch.rand(nb, device=DEVICE), kernels.lse(b, a, scale, back)
+        v, lse_b = torch.rand(nb, device=DEVICE), TRITON.lse(b, a, scale, back, "ieee")
         lse_b[1::3] = float("inf")
-    got = kernels.weighted_sum(a, b, u, lse_a, v, lse_b, scale, diag)
-    want = chunked.weighted_sum(*_f64(a, b, u, lse_a, v, lse_b, scale), diag)
+    got = TRITON.weighted_sum(a, b, u, lse_a, v, lse_b, scale, diag, "ieee")
+    want = CHUNKED.weighted_sum(*_f64(a, b, u, lse_a, v, lse_b, scale), diag, "ieee")
     assert got.dtype == torch.float32 and torch.isfinite(got).all()
     assert_close(got, want, rtol=0, atol=KERNEL_REL[dtype] * want.abs().max().item(), name="weighted_sum")
 
@@ -270,9 +270,9 @@ def test_registered_ops_pass_opcheck():
     lse_a, lse_b = torch.randn(20, device=DEVICE), torch.randn(9, device=DEVICE)
     u, v = torch.rand(20, device=DEVICE), torch.rand(9, device=DEVICE)
     ops = torch.ops.stablerep_fast
-    torch.library.opcheck(ops.triton_lse.default, (a, b, scale, 1, True, "ieee"))
-    torch.library.opcheck(ops.triton_weighted_sum.default, (a, b, u, lse_a, v, lse_b, scale, 1, True, "ieee"))
-    torch.library.opcheck(ops.triton_weighted_sum.default, (a, b, None, None, v, lse_b, scale, 0, False, "ieee"))
+    torch.library.opcheck(ops.triton_lse.default, (a, b, scale, 1, "ieee"))
+    torch.library.opcheck(ops.triton_weighted_sum.default, (a, b, u, lse_a, v, lse_b, scale, 1, "ieee"))
+    torch.library.opcheck(ops.triton_weighted_sum.default, (a, b, None, None, v, lse_b, scale, None, "ieee"))
 
 
 def test_con_loss_compiles_without_graph_breaks():
@@ -297,12 +297,12 @@ def test_con_loss_compiles_without_graph_breaks():
 def test_gpu_dtypes_match_reference(dtype, n, d):
     z = _unit_rows(n, d, dtype)
     labels = (torch.arange(n) // 6).to(DEVICE)
-    loss = multipos_ce_triton(z, z, labels, labels, 10.0, 0, precision="ieee")
+    loss = multipos_ce(TRITON, z, z, labels, labels, 10.0, 0, precision="ieee")
     (grad,) = torch.autograd.grad(loss, z)
     # The dense torch backend in float64 on the same rounded inputs (reference.py's row loop
     # is too slow at this N; test_multipos checks the two agree).
     z64 = z.detach().double().requires_grad_()
-    ref_loss = multipos_ce_dense(z64, z64, labels, labels, 10.0, 0)
+    ref_loss = multipos_ce(REFERENCE, z64, z64, labels, labels, 10.0, 0)
     (ref_grad,) = torch.autograd.grad(ref_loss, z64)
     assert_close(loss, ref_loss, **F32_LOSS, name="loss")
     _assert_grad(grad, ref_grad, HALF_GRAD_REL.get(dtype, F32_GRAD_REL))
@@ -313,9 +313,9 @@ def test_gpu_dtypes_match_reference(dtype, n, d):
 def test_gpu_large_n_matches_chunked(n):
     z = _unit_rows(n, 256, torch.float32)
     labels = (torch.arange(n) // 6).to(DEVICE)
-    loss = multipos_ce_triton(z, z, labels, labels, 10.0, 0, precision="ieee")
+    loss = multipos_ce(TRITON, z, z, labels, labels, 10.0, 0, precision="ieee")
     (grad,) = torch.autograd.grad(loss, z)
-    ref_loss = multipos_ce_chunked(z, z, labels, labels, 10.0, 0)
+    ref_loss = multipos_ce(CHUNKED, z, z, labels, labels, 10.0, 0)
     (ref_grad,) = torch.autograd.grad(ref_loss, z)
     # Sums over up to 65536 columns in float32, in different orders: ~sqrt(N) * 2^-24 each.
     assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5, name="loss")
@@ -327,5 +327,5 @@ def test_gpu_large_n_matches_chunked(n):
 def test_gpu_backward_is_bitwise_deterministic(dtype):
     z = _unit_rows(4099, 256, dtype)
     labels = (torch.arange(4099) // 6).to(DEVICE)
-    grads = [torch.autograd.grad(multipos_ce_triton(z, z, labels, labels, 10.0, 0), z)[0] for _ in range(2)]
+    grads = [torch.autograd.grad(multipos_ce(TRITON, z, z, labels, labels, 10.0, 0), z)[0] for _ in range(2)]
     assert torch.equal(grads[0], grads[1])
