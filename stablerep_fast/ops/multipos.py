@@ -122,7 +122,7 @@ def _setup(backend: str, precision: str, normalize: bool, process_group, *inputs
     group = active_group(process_group)
     world = 1 if group is None else torch.distributed.get_world_size(group)
     logits = first.shape[0] * last.shape[0] * world
-    impl = resolve_backend(backend, first.device, first.dtype, logits, first.shape[1])
+    impl = resolve_backend(backend, first.device, first.dtype, logits, first.shape[1], precision)
     return impl, group, [_prepare(x, normalize, impl) for _, x, *_ in inputs], labels
 
 

@@ -148,6 +148,53 @@ def test_small_temperature_with_large_norms_is_finite_and_exact(backend_name, no
     assert_close(grad, ref_grad, rtol=1e-9, atol=1e-9 * ref_grad.abs().max().item(), name="grad")
 
 
+@pytest.mark.parametrize("backend_name", BACKENDS, indirect=True)
+def test_learnable_temperature_gets_its_gradient(backend_name):
+    feats, labels = _inputs(33, 17, 10)
+    tau = torch.tensor(0.2, dtype=torch.float64, requires_grad=True)
+    loss = multipos_con_loss(feats, labels, tau, backend=backend_name)
+    grads = torch.autograd.grad(loss, (feats, tau))
+    f, t = feats.detach().clone().requires_grad_(), tau.detach().clone().requires_grad_()
+    ref = reference.multipos_con_loss(f, labels, t)
+    ref_grads = torch.autograd.grad(ref, (f, t))
+    assert_close(loss, ref, **F64, name="loss")
+    for got, want, name in zip(grads, ref_grads, ("d feats", "d temperature")):
+        assert_close(got, want, **F64, name=name)
+
+
+def test_modules_keep_a_temperature_parameter_learnable():
+    feats, labels = _inputs(16, 8, 4)
+    module = MultiPosConLoss(temperature=torch.nn.Parameter(torch.tensor(0.3, dtype=torch.float64)))
+    assert [name for name, _ in module.named_parameters()] == ["temperature"]
+    module(feats, labels)["loss"].backward()
+    t = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    reference.multipos_con_loss(feats.detach(), labels, t).backward()
+    assert_close(module.temperature.grad, t.grad, **F64, name="d temperature")
+
+
+# The Triton interpreter's numpy warns where the kernels mean to produce inf (exp2 of masked logits).
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.parametrize("backend", ["auto", *stablerep_fast.available_backends("cpu", torch.float32)])
+def test_temperature_below_the_minimum_is_refused_by_every_backend(backend):
+    feats, labels = torch.randn(24, 10), torch.arange(24) // 4
+    for tau in (1e-40, torch.tensor(1e-40), torch.tensor(0.5e-4, requires_grad=True)):
+        with pytest.raises(ValueError, match=r"temperature must be a finite number >= 0.0001"):
+            multipos_con_loss(feats, labels, tau, backend=backend)
+    with pytest.raises(ValueError, match=r"logit_scale must be a finite number > 0 and <= 10000"):
+        multipos_clip_loss(feats, feats[:6], labels, labels[:6], 1e40, backend=backend)
+    # At the minimum: finite, and the float32 value agrees with float64 to float32 accuracy at
+    # logits of 1e4 (relative 2^-24 of each logit).
+    feats.requires_grad_()
+    loss = multipos_con_loss(feats, labels, stablerep_fast.ops.multipos.MIN_TEMPERATURE, backend=backend)
+    (grad,) = torch.autograd.grad(loss, feats)
+    f64 = feats.detach().double().requires_grad_()
+    ref = reference.multipos_con_loss(f64, labels, 1e-4)
+    (ref_grad,) = torch.autograd.grad(ref, f64)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    assert_close(loss, ref, rtol=1e-5, atol=1e-2, name="loss at the minimum temperature")
+    assert_close(grad, ref_grad, rtol=0, atol=1e-2 * ref_grad.abs().max().item(), name="grad")
+
+
 @pytest.mark.parametrize("chunk", [1, 3, 16, 64])
 def test_chunked_gradcheck(chunk, monkeypatch):
     z = torch.randn(11, 5, dtype=torch.float64, requires_grad=True)

@@ -103,6 +103,21 @@ def test_clip_loss_matches_reference_with_scale_gradient():
         _assert_grad(got, want, API_GRAD_REL, name)
 
 
+def test_learnable_temperature_gets_its_gradient():
+    # The symmetric pass (rows are the columns) gives the temperature's gradient too.
+    feats, labels = _feats(33, 24, 6)
+    tau = torch.tensor(0.15, device=DEVICE, requires_grad=True)
+    loss = multipos_con_loss(feats, labels, tau, backend="triton", precision="ieee")
+    grads = torch.autograd.grad(loss, (feats, tau))
+    f = feats.detach().cpu().double().requires_grad_()
+    t = torch.tensor(0.15, dtype=torch.float64, requires_grad=True)
+    ref = reference.multipos_con_loss(f, labels.cpu(), t)
+    ref_grads = torch.autograd.grad(ref, (f, t))
+    assert_close(loss, ref, **F32_LOSS, name="loss")
+    for got, want, name in zip(grads, ref_grads, ("d feats", "d temperature")):
+        _assert_grad(got, want, F32_GRAD_REL, name)
+
+
 def test_rows_without_positives():
     feats, _ = _feats(12, 8, 1)
     loss, grad = _loss_and_grad(feats, torch.arange(12, device=DEVICE), 0.1)
