@@ -262,7 +262,7 @@ def _check_finite(name: str, x: torch.Tensor) -> None:
     if torch.compiler.is_compiling():
         return
     if x.device.type == "cpu" and x.is_contiguous() and _ext.is_built():
-        finite = _ext.extension().all_finite(x.data_ptr(), x.numel(), _ext.c_dtype(x.dtype))
+        finite = _ext.extension().all_finite(data_ptr=x.data_ptr(), numel=x.numel(), dtype=_ext.c_dtype(x.dtype))
     else:
         finite = bool(torch.isfinite(x).all())
     if not finite:
