@@ -3,7 +3,8 @@
 A backend takes the pipeline's modules (already on their device and dtype) and provides the
 three calls the denoising loop makes: ``encode_text``, ``unet`` and ``decode``. The pipeline
 never depends on which backend runs them, so faster ones plug in by adding a class and a row
-to BACKENDS. Every factory takes ``(text_encoder, unet, vae, *, cache_dir=None)``.
+to BACKENDS. Every factory takes ``(text_encoder, unet, vae, *, cache_dir=None, weights_files=None)``
+(the checkpoint files per component, which the TensorRT engine cache is keyed on).
 
 - ``eager``: the diffusers modules with SDPA attention, fused QKV projections and, on GPU,
   channels_last memory format (fp16/bf16 comes from the pipeline's dtype).
@@ -53,7 +54,15 @@ class EagerBackend:
 
     name = "eager"
 
-    def __init__(self, text_encoder: torch.nn.Module, unet: torch.nn.Module, vae: torch.nn.Module, *, cache_dir: Path | None = None):
+    def __init__(
+        self,
+        text_encoder: torch.nn.Module,
+        unet: torch.nn.Module,
+        vae: torch.nn.Module,
+        *,
+        cache_dir: Path | None = None,
+        weights_files: dict[str, list[Path]] | None = None,
+    ):
         self.text_encoder = text_encoder
         self.unet_module = unet
         self.vae = vae
@@ -73,13 +82,26 @@ class EagerBackend:
 
 
 def configure_compile_cache(cache_dir: Path | None) -> Path:
-    """Keep inductor's compiled kernels and FX graphs under ``<cache>/inductor`` (unless
-    TORCHINDUCTOR_CACHE_DIR is already set), so a later run, or another worker sharing the
-    folder, loads them instead of compiling again."""
-    root = Path(cache_dir or default_cache_dir()) / "inductor"
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root))
-    import torch._inductor.config as inductor_config
+    """Keep inductor's compiled kernels and FX graphs under ``<cache>/inductor`` so a later run,
+    or another worker sharing the folder, loads them instead of compiling again.
 
+    An explicit ``cache_dir`` (``--engine-cache``) always wins; without one, a
+    TORCHINDUCTOR_CACHE_DIR the user set is kept. Inductor has no config field for its folder:
+    it reads TORCHINDUCTOR_CACHE_DIR at each lookup and writes its own default there at its
+    first one, so the variable is set (not defaulted) and inductor's in-memory caches of earlier
+    lookups are cleared."""
+    import torch._inductor.config as inductor_config
+    import torch._inductor.utils as inductor_utils
+    from torch._inductor.runtime.runtime_utils import default_cache_dir as inductor_default
+
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if cache_dir is not None or current is None or current == os.path.abspath(inductor_default()):
+        root = str((Path(cache_dir or default_cache_dir()) / "inductor").resolve())
+        if os.environ.get("TORCHINDUCTOR_CACHE_DIR") != root:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = root
+            clear = getattr(inductor_utils, "clear_caches", None) or getattr(inductor_utils, "clear_inductor_caches", None)
+            if clear is not None:
+                clear()
     inductor_config.fx_graph_cache = True
     return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
 
@@ -91,7 +113,15 @@ class CompileBackend(EagerBackend):
 
     name = "compile"
 
-    def __init__(self, text_encoder: torch.nn.Module, unet: torch.nn.Module, vae: torch.nn.Module, *, cache_dir: Path | None = None):
+    def __init__(
+        self,
+        text_encoder: torch.nn.Module,
+        unet: torch.nn.Module,
+        vae: torch.nn.Module,
+        *,
+        cache_dir: Path | None = None,
+        weights_files: dict[str, list[Path]] | None = None,
+    ):
         super().__init__(text_encoder, unet, vae)
         self.inductor_cache = configure_compile_cache(cache_dir)
         self.cuda_graphs = unet.device.type == "cuda"

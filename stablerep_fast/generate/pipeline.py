@@ -24,7 +24,17 @@ class StableRepPipeline:
     by default). Components: tokenizer, text_encoder, unet, vae, scheduler."""
 
     def __init__(
-        self, tokenizer, text_encoder, unet, vae, scheduler, *, model_id: str = "", backend: str = "auto", cache_dir: Path | None = None
+        self,
+        tokenizer,
+        text_encoder,
+        unet,
+        vae,
+        scheduler,
+        *,
+        model_id: str = "",
+        backend: str = "auto",
+        cache_dir: Path | None = None,
+        weights_files: dict[str, list[Path]] | None = None,
     ):
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
@@ -41,7 +51,7 @@ class StableRepPipeline:
             module.eval().requires_grad_(False)
         spec = resolve_backend(backend, self.device)
         self.backend = spec.name
-        self.runner = spec.factory(text_encoder, unet, vae, cache_dir=cache_dir)
+        self.runner = spec.factory(text_encoder, unet, vae, cache_dir=cache_dir, weights_files=weights_files)
         self._empty_context: torch.Tensor | None = None
 
     @classmethod
@@ -61,8 +71,11 @@ class StableRepPipeline:
             if not (path / "model_index.json").is_file():
                 raise GenerateError(f"model folder {path} is not a diffusers pipeline (no model_index.json)")
             load = StableDiffusionPipeline.from_pretrained
+            folders = {"text_encoder": "text_encoder", "unet": "unet", "vae_decoder": "vae"}
+            weights_files = {name: sorted(p for p in (path / sub).glob("*") if p.is_file()) for name, sub in folders.items()}
         elif path.is_file() and path.suffix in SINGLE_FILE_SUFFIXES:
             load = StableDiffusionPipeline.from_single_file
+            weights_files = {name: [path] for name in ("text_encoder", "unet", "vae_decoder")}
         else:
             raise GenerateError(
                 f"--model {model}: not 'shapes', a diffusers folder, a {'/'.join(SINGLE_FILE_SUFFIXES)} checkpoint "
@@ -83,6 +96,7 @@ class StableRepPipeline:
             model_id=str(model),
             backend=backend,
             cache_dir=cache_dir,
+            weights_files=weights_files,
         )
 
     def latent_shape(self, resolution: int) -> tuple[int, ...]:

@@ -23,7 +23,41 @@ import torch
 from stablerep_fast.atomic import atomic_write, file_lock
 
 # Bump when the exported graphs or the build settings change in a way the other fields miss.
-ENGINE_FORMAT = 1
+ENGINE_FORMAT = 2
+
+
+WEIGHTS_MEMO = "weights-files.json"  # in the engine cache: content hashes of checkpoint files
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def files_fingerprint(files: list[Path], memo: Path) -> str:
+    """sha256 over the name, size and content hash of each of ``files`` (checkpoint files). A
+    file's content hash is computed once per (absolute path, size, mtime) and remembered in the
+    JSON file ``memo``, so a later start only stats the files instead of reading gigabytes."""
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(memo.with_name(memo.name + ".lock")):
+        try:
+            known = json.loads(memo.read_text())
+        except (OSError, ValueError):
+            known = {}
+        digest, changed = hashlib.sha256(), False
+        for path in sorted(Path(f) for f in files):
+            stat, where = path.stat(), str(path.resolve())
+            entry = known.get(where)
+            if not isinstance(entry, dict) or (entry.get("size"), entry.get("mtime_ns")) != (stat.st_size, stat.st_mtime_ns):
+                entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": file_sha256(path)}
+                known[where], changed = entry, True
+            digest.update(f"{path.name}|{stat.st_size}|{entry['sha256']}\n".encode())
+        if changed:
+            atomic_write(memo, json.dumps(known, indent=1, sort_keys=True).encode())
+    return digest.hexdigest()
 
 
 def weights_hash(module: torch.nn.Module) -> str:
@@ -52,7 +86,7 @@ def gpu_identity(device: torch.device) -> tuple[str, str]:
 class EngineKey:
     """Everything a built engine depends on. Equal keys: the engine can be reused."""
 
-    weights: str  # weights_hash of the component's module
+    weights: str  # files_fingerprint of the component's checkpoint files, or weights_hash of its module
     component: str  # "unet", "vae_decoder", "text_encoder"
     resolution: int  # pixels (the latent side is resolution / 8)
     batch: int  # the static batch the engine was built for

@@ -62,10 +62,15 @@ class GraphSpec:
     component: str
     module: torch.nn.Module
     inputs: dict[str, torch.Tensor]
-    outputs: tuple[str, ...]
+    outputs: tuple[str, ...]  # every output's first dimension is the batch
+    batch_inputs: tuple[str, ...]  # the inputs whose first dimension is the batch
 
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
         return {name: tuple(t.shape) for name, t in self.inputs.items()}
+
+    @property
+    def batch(self) -> int:
+        return self.inputs[self.batch_inputs[0]].shape[0]
 
 
 def graph_spec(component: str, module: torch.nn.Module, *, batch: int, latent_side: int = 0, text_len: int = 77) -> GraphSpec:
@@ -84,7 +89,7 @@ def graph_spec(component: str, module: torch.nn.Module, *, batch: int, latent_si
     if component == "text_encoder":
         vocab = module.config.vocab_size
         ids = torch.randint(0, vocab, (batch, text_len), generator=gen, dtype=torch.int32).to(device)
-        return GraphSpec(component, TextEncoderGraph(module), {"input_ids": ids}, ("text_embeddings",))
+        return GraphSpec(component, TextEncoderGraph(module), {"input_ids": ids}, ("text_embeddings",), ("input_ids",))
     if component == "unet":
         cfg = module.config
         inputs = {
@@ -92,11 +97,29 @@ def graph_spec(component: str, module: torch.nn.Module, *, batch: int, latent_si
             "timestep": torch.tensor([500.0], device=device),
             "encoder_hidden_states": randn(batch, text_len, cfg.cross_attention_dim),
         }
-        return GraphSpec(component, UNetGraph(module), inputs, ("noise_pred",))
+        return GraphSpec(component, UNetGraph(module), inputs, ("noise_pred",), ("sample", "encoder_hidden_states"))
     if component == "vae_decoder":
         inputs = {"latent": randn(batch, module.config.latent_channels, latent_side, latent_side)}
-        return GraphSpec(component, VAEDecoderGraph(module), inputs, ("images",))
+        return GraphSpec(component, VAEDecoderGraph(module), inputs, ("images",), ("latent",))
     raise ValueError(f"unknown component {component!r}; one of {COMPONENTS}")
+
+
+def graph_spec_for(component: str, module: torch.nn.Module, shapes: dict[str, tuple[int, ...]]) -> GraphSpec:
+    """The graph of ``component`` whose inputs have exactly ``shapes`` (name -> shape, as a call
+    feeds them); ValueError if the component cannot take them."""
+    if component == "text_encoder":
+        batch, text_len = shapes["input_ids"]
+        spec = graph_spec(component, module, batch=batch, text_len=text_len)
+    elif component == "unet":
+        batch, text_len = shapes["encoder_hidden_states"][:2]
+        spec = graph_spec(component, module, batch=batch, latent_side=shapes["sample"][-1], text_len=text_len)
+    elif component == "vae_decoder":
+        spec = graph_spec(component, module, batch=shapes["latent"][0], latent_side=shapes["latent"][-1])
+    else:
+        raise ValueError(f"unknown component {component!r}; one of {COMPONENTS}")
+    if spec.input_shapes() != {name: tuple(shape) for name, shape in shapes.items()}:
+        raise ValueError(f"{component}: inputs of shapes {shapes} do not fit its graph, which takes {spec.input_shapes()}")
+    return spec
 
 
 def export_onnx(spec: GraphSpec, path: Path, *, opset: int = DEFAULT_OPSET, dynamo: bool = False) -> Path:

@@ -1,18 +1,24 @@
-"""The ``tensorrt`` backend: fp16 TensorRT engines of the text encoder, UNet and VAE decoder.
+"""The ``tensorrt`` backend: TensorRT engines of the text encoder, UNet and VAE decoder.
 
-Per component, on the first call with a given batch: export the module to ONNX with that
-static batch and latent size (``onnx_export.py``), build an engine with the TensorRT Python
-API (fp16, one optimisation profile pinned to the static shape, a timing cache on disk), and
-keep it in the engine cache under a key of everything it depends on (``engine_cache.py``);
-concurrent workers on one node build it once. Engines run on torch tensors: static input and
-output buffers bound once by data pointer, ``execute_async_v3`` on torch's current stream,
-optionally replayed as a CUDA graph. A smaller batch (the last of a shard) is padded to the
-engine's batch rather than building another engine.
+Per component and per set of input shapes (batch, latent size, text length): export the module
+to ONNX with those static shapes (``onnx_export.py``), build an engine with the TensorRT Python
+API (one optimisation profile pinned to the shapes, a timing cache on disk), and keep it in the
+engine cache under a key of everything it depends on (``engine_cache.py``); concurrent workers
+on one node build it once. A call uses the engine whose inputs match its shapes in every
+dimension but the batch and whose batch is at least the call's (the smaller batch, the last of a
+shard, is padded); any other shape (a new resolution or text length) gets its own engine.
+Engines run on torch tensors: static buffers bound once by data pointer, ``execute_async_v3`` on
+torch's current stream, optionally replayed as a CUDA graph.
 
-Written against TensorRT >= 10's documented Python API. On the machines this was written on
-TensorRT cannot be installed: everything around the engine is tested there (export, parity
-via onnxruntime, keys, locking, the build's API calls against a stand-in module), the engine
-build and run themselves only where TensorRT and a GPU exist.
+Precision follows the modules' dtype (fp16 on GPU). TensorRT 10 builds a weakly typed network
+with the FP16 (or BF16) builder flag; TensorRT 11, which removed those flags and weak typing,
+builds a strongly typed network whose types are the ONNX graph's, exported from the fp16 modules.
+
+Written against the documented Python API of TensorRT 10 and 11. On the machines this was
+written on TensorRT cannot be installed: everything around the engine is tested there (export,
+parity via onnxruntime, keys, locking, engine selection, the build's API calls against stand-in
+modules of both API generations), the engine build and run themselves only where TensorRT and a
+GPU exist.
 """
 
 from __future__ import annotations
@@ -27,8 +33,16 @@ import torch
 from stablerep_fast.atomic import atomic_write, file_lock
 from stablerep_fast.generate.config import default_cache_dir
 from stablerep_fast.generate.padding import pad_batch
-from stablerep_fast.generate.tensorrt.engine_cache import EngineKey, build_once, gpu_identity, slug, weights_hash
-from stablerep_fast.generate.tensorrt.onnx_export import export_onnx, graph_spec
+from stablerep_fast.generate.tensorrt.engine_cache import (
+    WEIGHTS_MEMO,
+    EngineKey,
+    build_once,
+    files_fingerprint,
+    gpu_identity,
+    slug,
+    weights_hash,
+)
+from stablerep_fast.generate.tensorrt.onnx_export import GraphSpec, export_onnx, graph_spec_for
 
 INSTALL_HINT = "pip install 'stablerep_fast[tensorrt]' on a machine with an NVIDIA GPU, or use --backend compile or eager"
 
@@ -97,29 +111,47 @@ def _progress_monitor(trt, log: Callable[[str], None]):
     return Monitor()
 
 
+PRECISIONS = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+
+
+def network_flags(trt, precision: str) -> tuple[int, list]:
+    """(create_network flags, builder flags) for ``precision`` on this TensorRT. With the
+    weak-typing flags (TensorRT 10): a default network and FP16/BF16 flags; without them
+    (TensorRT 11): a strongly typed network (its creation flag where the enum still names it)
+    and no precision flags, the ONNX graph's types being the engine's."""
+    builder_flags = trt.BuilderFlag
+    weak = {"fp16": "FP16", "bf16": "BF16"}.get(precision)
+    if hasattr(builder_flags, "FP16"):
+        return 0, ([getattr(builder_flags, weak)] if weak else [])
+    creation = getattr(trt, "NetworkDefinitionCreationFlag", None)
+    strongly_typed = getattr(creation, "STRONGLY_TYPED", None)
+    return (0 if strongly_typed is None else 1 << int(strongly_typed)), []
+
+
 def build_engine(
     onnx_path: Path,
     input_shapes: dict[str, tuple[int, ...]],
     *,
-    fp16: bool = True,
+    precision: str = "fp16",
     timing_cache: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> bytes:
     """Parse ``onnx_path`` and build a serialized engine: one optimisation profile pinned to
-    ``input_shapes``, the FP16 flag, the timing cache at ``timing_cache`` read first and
-    merged back after."""
+    ``input_shapes``, ``precision`` as ``network_flags`` says, the timing cache at
+    ``timing_cache`` read first and merged back after."""
     trt = import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    creation_flags, builder_flags = network_flags(trt, precision)
+    network = builder.create_network(creation_flags)  # explicit batch is the only mode since TensorRT 10
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):  # from the file: weights over 2 GB live beside it
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
 
     config = builder.create_builder_config()
-    if fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
+    for flag in builder_flags:
+        config.set_flag(flag)
     profile = builder.create_optimization_profile()
     for name, (smallest, optimal, largest) in profile_shapes(input_shapes).items():
         profile.set_shape(name, smallest, optimal, largest)
@@ -167,11 +199,21 @@ def _torch_dtype(trt, dtype) -> torch.dtype:
 class Engine:
     """A deserialized engine bound to static torch buffers on ``device``.
 
-    ``engine(name=tensor, ...)`` copies the inputs into the bound buffers (casting to the
-    engine's dtype), runs on torch's current stream, and returns the output buffers, which the
-    next call overwrites. With ``cuda_graph`` the enqueue is captured once and replayed."""
+    ``engine(name=tensor, ...)`` pads the ``batch_inputs`` (those whose first dimension is the
+    batch) to the engine's batch, copies every input into its bound buffer (casting to the
+    engine's dtype), runs on torch's current stream, and returns the outputs cut to the call's
+    batch: views of buffers that the next call overwrites. With ``cuda_graph`` the enqueue is
+    captured once and replayed."""
 
-    def __init__(self, data: bytes, device: torch.device, *, cuda_graph: bool = True, log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        data: bytes,
+        device: torch.device,
+        *,
+        batch_inputs: tuple[str, ...],
+        cuda_graph: bool = True,
+        log: Callable[[str], None] = print,
+    ):
         trt = import_tensorrt()
         self.device = device
         self.log = log
@@ -192,9 +234,24 @@ class Engine:
             else:
                 self.outputs[name] = buffer
             self.context.set_tensor_address(name, buffer.data_ptr())
-        self.batch = next(iter(self.inputs.values())).shape[0]
+        self.batch_inputs = batch_inputs
+        self.batch = self.inputs[batch_inputs[0]].shape[0]
         self.use_graph = cuda_graph
         self.graph: torch.cuda.CUDAGraph | None = None
+
+    def fits(self, shapes: dict[str, tuple[int, ...]]) -> bool:
+        """Whether a call with inputs of ``shapes`` can run here: the same inputs, equal in
+        every dimension but the batch, and a batch no larger than the engine's."""
+        if shapes.keys() != self.inputs.keys():
+            return False
+        for name, shape in shapes.items():
+            built = tuple(self.inputs[name].shape)
+            if name in self.batch_inputs:
+                if built[1:] != tuple(shape[1:]) or shape[0] > built[0]:
+                    return False
+            elif built != tuple(shape):
+                return False
+        return True
 
     def _enqueue(self, stream: torch.cuda.Stream) -> None:
         if not self.context.execute_async_v3(stream.cuda_stream):
@@ -217,19 +274,32 @@ class Engine:
         self.graph = graph
 
     def __call__(self, **feeds: torch.Tensor) -> dict[str, torch.Tensor]:
+        n = feeds[self.batch_inputs[0]].shape[0]
         for name, value in feeds.items():
-            self.inputs[name].copy_(value.reshape(self.inputs[name].shape))
+            self.inputs[name].copy_(pad_batch(value, self.batch) if name in self.batch_inputs else value)
         if self.use_graph and self.graph is None:
             self._capture()
         if self.graph is not None:
             self.graph.replay()
         else:
             self._enqueue(torch.cuda.current_stream(self.device))
-        return self.outputs
+        return {name: buffer[:n] for name, buffer in self.outputs.items()}
+
+
+def cuda_device_of(module: torch.nn.Module) -> torch.device:
+    """The CUDA device ``module`` is on; TensorRTUnavailable for any other device."""
+    if module.device.type != "cuda":
+        raise TensorRTUnavailable("TensorRT engines run on CUDA GPUs only")
+    return module.device
 
 
 class TensorRTBackend:
-    """Engines for the three networks, built lazily at the first call's batch (see module doc)."""
+    """Engines for the three networks, built lazily per set of input shapes (see module doc).
+
+    ``weights_files``: per component ("text_encoder", "unet", "vae_decoder"), the checkpoint
+    files its weights were loaded from; the engine cache is keyed on them (``files_fingerprint``:
+    a content hash computed once, then only size and mtime are checked). A component without
+    files (modules built in memory) is keyed on a hash of its weights instead."""
 
     name = "tensorrt"
 
@@ -240,33 +310,43 @@ class TensorRTBackend:
         vae: torch.nn.Module,
         *,
         cache_dir: Path | None = None,
-        precision: str = "fp16",
+        weights_files: dict[str, list[Path]] | None = None,
         cuda_graph: bool = True,
         log: Callable[[str], None] = print,
     ):
         self.trt = import_tensorrt()
         self.modules = {"text_encoder": text_encoder, "unet": unet, "vae_decoder": vae}
-        self.device = unet.device
-        if self.device.type != "cuda":
-            raise TensorRTUnavailable("TensorRT engines run on CUDA GPUs only")
+        self.device = cuda_device_of(unet)
         self.dtype = unet.dtype
+        self.precision = PRECISIONS[self.dtype]
         self.cache_dir = Path(cache_dir or default_cache_dir()) / "tensorrt"
-        self.precision = precision
+        self.weights_files = weights_files or {}
         self.cuda_graph = cuda_graph
         self.log = log
         self.gpu, self.capability = gpu_identity(self.device)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        self._hashes: dict[str, str] = {}
-        self._engines: dict[str, Engine] = {}
+        self._weights: dict[str, str] = {}
+        self._engines: dict[str, list[Engine]] = {}
 
-    def engine_key(self, component: str, batch: int, resolution: int, shapes: dict[str, tuple[int, ...]]) -> EngineKey:
-        if component not in self._hashes:
-            self._hashes[component] = weights_hash(self.modules[component])
+    def weights_id(self, component: str) -> str:
+        """What identifies the component's weights in engine keys (computed once per process)."""
+        if component not in self._weights:
+            files = self.weights_files.get(component)
+            if files:
+                self._weights[component] = files_fingerprint(files, self.cache_dir / WEIGHTS_MEMO)
+            else:
+                self._weights[component] = weights_hash(self.modules[component])
+        return self._weights[component]
+
+    def engine_key(self, spec: GraphSpec) -> EngineKey:
+        """The cache key of ``spec``'s engine: weights, every input shape, precision, GPU, TensorRT."""
+        shapes = spec.input_shapes()
+        latent_side = shapes["sample"][-1] if "sample" in shapes else shapes.get("latent", (0,))[-1]
         return EngineKey(
-            weights=self._hashes[component],
-            component=component,
-            resolution=resolution,
-            batch=batch,
+            weights=self.weights_id(spec.component),
+            component=spec.component,
+            resolution=latent_side * self.vae_scale_factor,
+            batch=spec.batch,
             precision=self.precision,
             gpu=self.gpu,
             compute_capability=self.capability,
@@ -274,12 +354,14 @@ class TensorRTBackend:
             shapes=";".join(f"{name}={'x'.join(map(str, shape))}" for name, shape in shapes.items()),
         )
 
-    def _engine(self, component: str, batch: int, latent_side: int = 0, text_len: int = 77) -> Engine:
-        engine = self._engines.get(component)
-        if engine is not None and engine.batch >= batch:
-            return engine
-        spec = graph_spec(component, self.modules[component], batch=batch, latent_side=latent_side, text_len=text_len)
-        key = self.engine_key(component, batch, latent_side * self.vae_scale_factor, spec.input_shapes())
+    def engine_for(self, component: str, shapes: dict[str, tuple[int, ...]]) -> Engine:
+        """An engine that fits inputs of ``shapes`` (see Engine.fits): one already loaded, else
+        the cache's or a new build for exactly these shapes."""
+        engines = self._engines.setdefault(component, [])
+        for engine in engines:
+            if engine.fits(shapes):
+                return engine
+        spec = graph_spec_for(component, self.modules[component], shapes)
 
         def build() -> bytes:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -289,27 +371,23 @@ class TensorRTBackend:
                 onnx_path = export_onnx(spec, Path(tmp) / f"{component}.onnx")
                 self.log(f"  exported in {time.perf_counter() - started:.0f} s; building (this takes minutes) ...")
                 timing = timing_cache_path(self.cache_dir, self.trt.__version__, self.gpu, self.capability)
-                return build_engine(onnx_path, spec.input_shapes(), fp16=self.precision == "fp16", timing_cache=timing, log=self.log)
+                return build_engine(onnx_path, spec.input_shapes(), precision=self.precision, timing_cache=timing, log=self.log)
 
-        _, data, _ = build_once(self.cache_dir, key, build, log=self.log)
-        engine = Engine(data, self.device, cuda_graph=self.cuda_graph, log=self.log)
-        self._engines[component] = engine
+        _, data, _ = build_once(self.cache_dir, self.engine_key(spec), build, log=self.log)
+        engine = Engine(data, self.device, batch_inputs=spec.batch_inputs, cuda_graph=self.cuda_graph, log=self.log)
+        engines.append(engine)
         return engine
 
+    def _run(self, component: str, output: str, **feeds: torch.Tensor) -> torch.Tensor:
+        engine = self.engine_for(component, {name: tuple(t.shape) for name, t in feeds.items()})
+        return engine(**feeds)[output].to(self.dtype, copy=True)
+
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
-        n, length = input_ids.shape
-        engine = self._engine("text_encoder", n, text_len=length)
-        out = engine(input_ids=pad_batch(input_ids, engine.batch))["text_embeddings"]
-        return out[:n].to(self.dtype, copy=True)
+        return self._run("text_encoder", "text_embeddings", input_ids=input_ids)
 
     def unet(self, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        n = latents.shape[0]
-        engine = self._engine("unet", n, latent_side=latents.shape[-1], text_len=context.shape[1])
         timestep = torch.as_tensor(timestep, device=self.device).reshape(1)
-        out = engine(sample=pad_batch(latents, engine.batch), timestep=timestep, encoder_hidden_states=pad_batch(context, engine.batch))
-        return out["noise_pred"][:n].to(self.dtype, copy=True)
+        return self._run("unet", "noise_pred", sample=latents, timestep=timestep, encoder_hidden_states=context)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        n = latents.shape[0]
-        engine = self._engine("vae_decoder", n, latent_side=latents.shape[-1])
-        return engine(latent=pad_batch(latents, engine.batch))["images"][:n].to(self.dtype, copy=True)
+        return self._run("vae_decoder", "images", latent=latents)
