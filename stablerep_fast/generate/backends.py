@@ -3,8 +3,7 @@
 A backend takes the pipeline's modules (already on their device and dtype) and provides the
 three calls the denoising loop makes: ``encode_text``, ``unet`` and ``decode``. The pipeline
 never depends on which backend runs them, so faster ones plug in by adding a class and a row
-to BACKENDS. Every factory takes ``(text_encoder, unet, vae, *, cache_dir=None, weights_files=None)``
-(the checkpoint files per component, which the TensorRT engine cache is keyed on).
+to BACKENDS. Every factory takes ``(text_encoder, unet, vae, options: BackendOptions)``.
 
 - ``eager``: the diffusers modules with SDPA attention, fused QKV projections and, on GPU,
   channels_last memory format (fp16/bf16 comes from the pipeline's dtype).
@@ -23,8 +22,9 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch.nn import Module
 
-from stablerep_fast.generate.config import GenerateError, default_cache_dir
+from stablerep_fast.generate.config import BackendOptions, GenerateError, default_cache_dir
 from stablerep_fast.generate.padding import pad_batch
 from stablerep_fast.generate.tensorrt import TensorRTBackend, tensorrt_unavailable_reason
 
@@ -54,15 +54,7 @@ class EagerBackend:
 
     name = "eager"
 
-    def __init__(
-        self,
-        text_encoder: torch.nn.Module,
-        unet: torch.nn.Module,
-        vae: torch.nn.Module,
-        *,
-        cache_dir: Path | None = None,
-        weights_files: dict[str, list[Path]] | None = None,
-    ):
+    def __init__(self, text_encoder: Module, unet: Module, vae: Module, options: BackendOptions = BackendOptions()):
         self.text_encoder = text_encoder
         self.unet_module = unet
         self.vae = vae
@@ -113,17 +105,9 @@ class CompileBackend(EagerBackend):
 
     name = "compile"
 
-    def __init__(
-        self,
-        text_encoder: torch.nn.Module,
-        unet: torch.nn.Module,
-        vae: torch.nn.Module,
-        *,
-        cache_dir: Path | None = None,
-        weights_files: dict[str, list[Path]] | None = None,
-    ):
+    def __init__(self, text_encoder: Module, unet: Module, vae: Module, options: BackendOptions = BackendOptions()):
         super().__init__(text_encoder, unet, vae)
-        self.inductor_cache = configure_compile_cache(cache_dir)
+        self.inductor_cache = configure_compile_cache(options.cache_dir)
         self.cuda_graphs = unet.device.type == "cuda"
         self._unet = torch.compile(unet, dynamic=False, mode="reduce-overhead" if self.cuda_graphs else None)
         self._decode = torch.compile(vae.decode, dynamic=False)  # once per batch: a graph buys little there

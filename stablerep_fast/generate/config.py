@@ -47,6 +47,14 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "stablerep_fast"
 
 
+@dataclass(frozen=True)
+class BackendOptions:
+    """What a backend may need beside the modules (``backends.py``)."""
+
+    cache_dir: Path | None = None  # compiled artefacts and engines; None: default_cache_dir()
+    weights_files: dict[str, list[Path]] | None = None  # checkpoint files per component: TensorRT cache keys
+
+
 @dataclass
 class GenerateConfig:
     """Everything ``generate`` needs. ``world_size``/``rank`` None: from torchrun/Slurm env;

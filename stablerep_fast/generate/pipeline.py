@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from stablerep_fast.generate.backends import resolve_backend
-from stablerep_fast.generate.config import GenerateError
+from stablerep_fast.generate.config import BackendOptions, GenerateError
 from stablerep_fast.generate.generator import GenerationOutput, to_uint8_images
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
@@ -51,7 +51,7 @@ class StableRepPipeline:
             module.eval().requires_grad_(False)
         spec = resolve_backend(backend, self.device)
         self.backend = spec.name
-        self.runner = spec.factory(text_encoder, unet, vae, cache_dir=cache_dir, weights_files=weights_files)
+        self.runner = spec.factory(text_encoder, unet, vae, BackendOptions(cache_dir, weights_files))
         self._empty_context: torch.Tensor | None = None
 
     @classmethod

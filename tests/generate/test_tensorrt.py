@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from stablerep_fast.generate.config import BackendOptions
 from stablerep_fast.generate.tensorrt import runner
 from stablerep_fast.generate.tensorrt.engine_cache import files_fingerprint
 from stablerep_fast.generate.tensorrt.onnx_export import graph_spec_for
@@ -256,7 +257,7 @@ def test_each_input_shape_gets_its_engine(cpu_streams, tiny_sd_dir, tmp_path, mo
     modules = [CLIPTextModel.from_pretrained(tiny_sd_dir / "text_encoder"), UNet2DConditionModel.from_pretrained(tiny_sd_dir / "unet"),
                AutoencoderKL.from_pretrained(tiny_sd_dir / "vae")]  # fmt: skip
     monkeypatch.setattr(runner, "cuda_device_of", lambda module: module.device)  # the stand-in's engines run on CPU
-    backend = TensorRTBackend(*modules, cache_dir=tmp_path, cuda_graph=False, log=lambda m: None)
+    backend = TensorRTBackend(*modules, BackendOptions(cache_dir=tmp_path), cuda_graph=False, log=lambda m: None)
 
     def unet(batch, side, text_len):
         latents = torch.zeros(batch, 4, side, side)
@@ -320,9 +321,9 @@ def test_the_pipeline_passes_its_checkpoint_files(tiny_sd_dir, monkeypatch):
     seen = {}
 
     class Recorder(backends.EagerBackend):
-        def __init__(self, *modules, cache_dir=None, weights_files=None):
-            super().__init__(*modules)
-            seen.update(weights_files)
+        def __init__(self, text_encoder, unet, vae, options):
+            super().__init__(text_encoder, unet, vae)
+            seen.update(options.weights_files)
 
     monkeypatch.setitem(backends.BACKENDS, "eager", backends.Backend("eager", Recorder, "recorder"))
     StableRepPipeline.from_pretrained(tiny_sd_dir, device=torch.device("cpu"), dtype=torch.float32, backend="eager")

@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch.nn import Module
 
 from stablerep_fast.atomic import atomic_write, file_lock
-from stablerep_fast.generate.config import default_cache_dir
+from stablerep_fast.generate.config import BackendOptions, default_cache_dir
 from stablerep_fast.generate.padding import pad_batch
 from stablerep_fast.generate.tensorrt.engine_cache import (
     WEIGHTS_MEMO,
@@ -286,7 +287,7 @@ class Engine:
         return {name: buffer[:n] for name, buffer in self.outputs.items()}
 
 
-def cuda_device_of(module: torch.nn.Module) -> torch.device:
+def cuda_device_of(module: Module) -> torch.device:
     """The CUDA device ``module`` is on; TensorRTUnavailable for any other device."""
     if module.device.type != "cuda":
         raise TensorRTUnavailable("TensorRT engines run on CUDA GPUs only")
@@ -296,31 +297,24 @@ def cuda_device_of(module: torch.nn.Module) -> torch.device:
 class TensorRTBackend:
     """Engines for the three networks, built lazily per set of input shapes (see module doc).
 
-    ``weights_files``: per component ("text_encoder", "unet", "vae_decoder"), the checkpoint
-    files its weights were loaded from; the engine cache is keyed on them (``files_fingerprint``:
+    ``options.weights_files``: per component ("text_encoder", "unet", "vae_decoder"), the
+    checkpoint files its weights were loaded from; the engine cache is keyed on them (``files_fingerprint``:
     a content hash computed once, then only size and mtime are checked). A component without
     files (modules built in memory) is keyed on a hash of its weights instead."""
 
     name = "tensorrt"
 
     def __init__(
-        self,
-        text_encoder: torch.nn.Module,
-        unet: torch.nn.Module,
-        vae: torch.nn.Module,
-        *,
-        cache_dir: Path | None = None,
-        weights_files: dict[str, list[Path]] | None = None,
-        cuda_graph: bool = True,
-        log: Callable[[str], None] = print,
-    ):
+        self, text_encoder: Module, unet: Module, vae: Module, options: BackendOptions = BackendOptions(), *,
+        cuda_graph: bool = True, log: Callable[[str], None] = print,
+    ):  # fmt: skip
         self.trt = import_tensorrt()
         self.modules = {"text_encoder": text_encoder, "unet": unet, "vae_decoder": vae}
         self.device = cuda_device_of(unet)
         self.dtype = unet.dtype
         self.precision = PRECISIONS[self.dtype]
-        self.cache_dir = Path(cache_dir or default_cache_dir()) / "tensorrt"
-        self.weights_files = weights_files or {}
+        self.cache_dir = Path(options.cache_dir or default_cache_dir()) / "tensorrt"
+        self.weights_files = options.weights_files or {}
         self.cuda_graph = cuda_graph
         self.log = log
         self.gpu, self.capability = gpu_identity(self.device)
