@@ -273,27 +273,47 @@ def _run_probe(args: argparse.Namespace) -> int:
 
 
 def _add_demo(subparsers) -> None:
-    from stablerep_fast.demo import DemoConfig
+    from stablerep_fast.demo import STUDIES, DemoConfig
 
     d = DemoConfig(out=Path())
     p = subparsers.add_parser("demo", help="shapes data -> multi-positive vs SimCLR vs random init, on a CPU in minutes")
-    p.add_argument("--out", type=Path, required=True, help="output folder: data, runs, results.json")
-    p.add_argument("--quick", action="store_true", help="a reduced run (about a minute) for CI")
-    p.add_argument("--steps", type=int, default=None, help=f"training steps per encoder (default {d.steps})")
+    p.add_argument("--out", type=Path, required=True, help="output folder: data, runs, results.json, probe_vs_step.png")
+    p.add_argument("--quick", action="store_true", help="a reduced run (under a minute) for CI")
+    p.add_argument("--seeds", type=_csv(int), default=None, help="comma list, e.g. 0,1,2: mean +- std over seeds (default 0)")
+    p.add_argument("--steps", type=int, default=None, help=f"training steps per encoder (default {d.recipe.steps})")
     p.add_argument("--captions", type=int, default=None, help=f"captions to generate (default {d.captions})")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--validation", action="store_true", help="probe on a split of the probe's training images (choosing settings)")
+    p.add_argument("--study", choices=STUDIES, default=None,
+                   help="augment: each method's accuracy per augmentation strength (on the validation split); m: multi-positive per m")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from stablerep_fast.demo import DemoConfig, run_demo
+    from dataclasses import replace
 
-    overrides = {k: v for k, v in (("steps", args.steps), ("captions", args.captions)) if v is not None}
-    overrides.update(seed=args.seed, progress=args.progress)
-    config = DemoConfig.quick(args.out, **overrides) if args.quick else DemoConfig(out=args.out, **overrides)
-    run_demo(config)
-    print(f"wrote {args.out / 'results.json'}")
+    from stablerep_fast.demo import DemoConfig, run_demo, run_study
+
+    if args.seeds is not None and not args.seeds:
+        print("error: --seeds needs at least one seed, e.g. --seeds 0,1,2", file=sys.stderr)
+        return 2
+    if args.steps is not None and args.steps < 1:
+        print(f"error: --steps must be >= 1, got {args.steps}", file=sys.stderr)
+        return 2
+    config = DemoConfig.quick(args.out) if args.quick else DemoConfig(out=args.out)
+    overrides = dict(progress=args.progress, validation=args.validation)
+    if args.seeds:
+        overrides["seeds"] = tuple(args.seeds)
+    if args.captions is not None:
+        overrides["captions"] = args.captions
+    if args.steps is not None:
+        overrides["recipe"] = replace(config.recipe, steps=args.steps, warmup_steps=min(config.recipe.warmup_steps, args.steps))
+    config = replace(config, **overrides)
+    if args.study:
+        run_study(config, args.study)
+    else:
+        run_demo(config)
+        print(f"wrote {args.out / 'results.json'}")
     return 0
 
 

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from stablerep_fast.data.augment import AUGMENTS, get_augment
+from stablerep_fast.data.augment import AUGMENTS, Augment
 from stablerep_fast.data.index import ShardError, ShardIndex, open_index
 from stablerep_fast.data.loader import GroupLoader, SkipCounts
 from stablerep_fast.data.sampler import GroupSampler
@@ -40,7 +40,7 @@ def build_loader(
     rank: int = 0,
     world_size: int = 1,
     num_workers: int | None = None,
-    augment: str = "stablerep",
+    augment: str | dict | Augment = "stablerep",
 ) -> GroupLoader:
     """A loader of StableRep batches from generated shards.
 
@@ -55,7 +55,8 @@ def build_loader(
     seed:                shuffling, choice of the m images, augmentation randomness
     rank, world_size:    ranks get disjoint captions and the same number of batches
     num_workers:         DataLoader workers (torch) or DALI threads; None = min(8, CPUs)
-    augment:             "stablerep" (the paper's recipe) or "none" (resize + centre crop)
+    augment:             an Augment (every parameter settable), a mapping of its fields, or a
+                         preset name: "stablerep" (the paper's recipe) or "none" (resize + centre crop)
 
     Iterating yields images [n*m, 3, S, S] float32 normalised on ``device`` and labels [n*m]
     int64 caption ids, view-major (``labels == labels[:n].repeat(m)``); one pass is one epoch
@@ -90,18 +91,19 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-def _check_inputs(image_size: int, augment: str, num_workers: int | None) -> dict:
+def _check_inputs(image_size: int, augment: str | dict | Augment, num_workers: int | None) -> dict:
     if image_size < 1:
         raise ValueError(f"image_size must be >= 1, got {image_size}")
     if num_workers is None:
         num_workers = min(8, len(os.sched_getaffinity(0)))
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-    return dict(image_size=image_size, augment=get_augment(augment), num_workers=num_workers)
+    return dict(image_size=image_size, augment=Augment.parse(augment), num_workers=num_workers)
 
 
 __all__ = [
     "AUGMENTS",
+    "Augment",
     "BACKENDS",
     "GroupLoader",
     "GroupSampler",

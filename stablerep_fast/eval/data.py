@@ -33,6 +33,15 @@ class ProbeData:
     test: Split
     class_names: tuple[str, ...]
 
+    def validation_split(self, fraction: float = 0.2, seed: int = 0) -> ProbeData:
+        """The training split alone, cut (stratified) into a smaller training split and, in place
+        of the test split, a validation split: for choosing settings without seeing test images."""
+        from stablerep_fast.eval.probe import stratified_split
+
+        fit, val = (rows.numpy() for rows in stratified_split(torch.as_tensor(self.train.y), fraction, seed))
+        pick = lambda rows: Split(self.train.x[rows], self.train.y[rows])  # noqa: E731
+        return ProbeData(pick(fit), pick(val), self.class_names)
+
 
 def load_probe_data(source: str, *, image_size: int = 64, per_class: int = 100, seed: int = 0) -> ProbeData:
     """``source``: a folder with train/ and val/ (or test/) ImageFolder trees, a ``.npz`` with
@@ -50,7 +59,7 @@ def load_probe_data(source: str, *, image_size: int = 64, per_class: int = 100, 
 
 
 def _shapes(label: str, image_size: int, per_class: int, seed: int) -> ProbeData:
-    from stablerep_fast.generate.shapes import make_probe_set
+    from stablerep_fast.eval.probe_sets import make_probe_set
 
     resolution = max(64, -(-image_size // 8) * 8)
     train = make_probe_set(per_class, label=label, seed=2 * seed + 1, resolution=resolution, size=image_size)

@@ -51,7 +51,7 @@ def linear_probe(
         sweep = sweep or LBFGS_L2
         fit = lambda x, y, l2: _fit_lbfgs(x, y, classes, l2)  # noqa: E731
     x, y = torch.as_tensor(train_x, dtype=torch.float32), torch.as_tensor(train_y, dtype=torch.int64)
-    fit_rows, val_rows = _split(y, val_fraction, seed)
+    fit_rows, val_rows = stratified_split(y, val_fraction, seed)
     val_accuracy = {h: _accuracy(fit(x[fit_rows], y[fit_rows], h), x[val_rows], y[val_rows]) for h in sweep}
     best = max(sweep, key=lambda h: (val_accuracy[h], -sweep.index(h)))
     test = _accuracy(fit(x, y, best), torch.as_tensor(test_x, dtype=torch.float32), torch.as_tensor(test_y))
@@ -72,8 +72,8 @@ def knn_accuracy(
     return float((votes.argmax(1) == torch.as_tensor(test_y)).float().mean())
 
 
-def _split(y: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stratified: ``val_fraction`` of each class (at least one) for validation."""
+def stratified_split(y: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row indices (fit, validation): ``val_fraction`` of each class (at least one) for validation."""
     g = torch.Generator().manual_seed(seed)
     fit, val = [], []
     for c in y.unique():

@@ -8,7 +8,7 @@ Public API:
     load_generator                          "shapes", a Stable Diffusion folder or "pkg.module:Class"
     StableRepPipeline                       Stable Diffusion, B captions x K given noises per call
     read_captions, initial_noise, noise_seed
-    shapes                                  the procedural generator: make_captions, make_probe_set
+    shapes                                  the procedural generator: make_captions, render
 """
 
 from stablerep_fast.generate import shapes

@@ -1,21 +1,26 @@
 """A procedural caption-to-image generator: the ``--model shapes`` stand-in for Stable Diffusion.
 
-Captions name five attributes, e.g. "a small red striped star on a grey background" (size,
-colour, texture, shape, background). Each image of a caption renders that concept with its own
-variation (position, scale, rotation, colour jitter, texture phase, pixel noise) drawn from a
-small latent vector, so the K images of a caption are different views of one concept, and
-``--views latent-neighbors`` works here as it does for diffusion noise. Rendering is
-deterministic: same caption and latent, same pixels.
+An image shows one object with five attributes: size, colour, texture, shape, background.
+A caption names some of them, e.g. "a red star", "a small striped star on a navy background"
+or "a large red checkered star on a grey background"; like a text-to-image model, the generator
+fills in what the caption leaves unsaid differently for every image: each unnamed attribute is
+drawn from the image's own latent vector, as are the nuisance variables (position, scale,
+rotation, colour jitter, texture phase, pixel noise). So the K images of "a red star" are red
+stars of many sizes, textures and backgrounds, and ``--views latent-neighbors`` works here as
+it does for diffusion noise. Rendering is deterministic: same caption and latent, same pixels.
+Free text works too: whatever vocabulary words it holds are named, the rest is drawn.
 
-For demos and tests it also gives the caption vocabulary (``make_captions``) and a labelled
-held-out set for linear probing (``make_probe_set``).
+``make_captions`` gives caption sets: ``mode="subset"`` (default) names the shape always and
+each other attribute with probability ``NAME_PROBABILITY``; ``mode="all"`` names all five, so
+the K images of a caption differ only in the nuisance variables.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -46,12 +51,22 @@ BACKGROUNDS = {
     "navy": (20, 30, 90),
     "teal": (20, 110, 110),
 }
+VOCABULARY: dict[str, tuple[str, ...]] = {  # in caption word order
+    "size": tuple(SIZES),
+    "colour": tuple(COLOURS),
+    "texture": TEXTURES,
+    "shape": SHAPES,
+    "background": tuple(BACKGROUNDS),
+}
+CAPTION_MODES = ("subset", "all")
+NAME_PROBABILITY = 0.5  # mode "subset": the chance a caption names each attribute but the shape
 
 # Latent coordinates: centre x, centre y, scale, rotation, colour jitter r/g/b, background
-# brightness, texture phase. Pixel noise is seeded from the latent's bytes.
-LATENT_DIM = 9
+# brightness, texture phase, then one per attribute of VOCABULARY (its value when the caption
+# does not name it). Pixel noise is seeded from the latent's bytes.
+NUISANCE_DIM = 9
+LATENT_DIM = NUISANCE_DIM + len(VOCABULARY)
 NOISE_STD = 6.0  # pixel noise, in 0-255 units
-_PROBE_STREAM = 0x5EED  # keeps probe sets apart from every generation run's noise
 
 
 @dataclass(frozen=True)
@@ -64,50 +79,68 @@ class Attributes:
 
     @property
     def caption(self) -> str:
-        return f"a {self.size} {self.colour} {self.texture} {self.shape} on a {self.background} background"
+        """The caption that names all five attributes."""
+        return describe(vars(self))
 
 
-VOCABULARY: dict[str, tuple[str, ...]] = {
-    "size": tuple(SIZES),
-    "colour": tuple(COLOURS),
-    "texture": TEXTURES,
-    "shape": SHAPES,
-    "background": tuple(BACKGROUNDS),
-}
+def describe(named: dict[str, str]) -> str:
+    """The caption naming exactly ``named`` (attribute -> value), e.g. "a red star on a grey
+    background" ("a shape" when none of size, colour, texture, shape is named)."""
+    words = " ".join(named[name] for name in ("size", "colour", "texture", "shape") if name in named) or "shape"
+    caption = ("an " if words[0] in "aeiou" else "a ") + words
+    return caption + (f" on a {named['background']} background" if "background" in named else "")
 
 
-def parse_caption(caption: str) -> Attributes:
-    """The attributes a caption names. The background is the word before "background"; each
-    other attribute is the first vocabulary word of its kind. Attributes a caption does not
-    name (any free text works) are picked from a hash of the caption, so they are stable."""
+def parse_caption(caption: str) -> dict[str, str]:
+    """The attributes ``caption`` names (attribute -> value): the background is the word before
+    "background"; each other attribute is the first vocabulary word of its kind."""
     words = caption.lower().replace(",", " ").split()
-    background = None
+    named = {}
     if "background" in words and words.index("background") > 0:
-        background = words[words.index("background") - 1]
-        words = words[: words.index("background") - 1]
-    digest = hashlib.blake2b(caption.encode(), digest_size=8).digest()
-    picked = {}
-    for position, (name, choices) in enumerate(VOCABULARY.items()):
-        found = background if name == "background" else next((w for w in words if w in choices), None)
-        picked[name] = found if found in choices else choices[digest[position] % len(choices)]
+        cut = words.index("background") - 1
+        if words[cut] in BACKGROUNDS:
+            named["background"] = words[cut]
+        words = words[:cut]
+    for name, choices in VOCABULARY.items():
+        found = next((w for w in words if w in choices), None) if name != "background" else None
+        if found is not None:
+            named[name] = found
+    return named
+
+
+def draw_attributes(named: dict[str, str], latent: np.ndarray) -> Attributes:
+    """The named attributes, and the unnamed ones from the latent's attribute coordinates."""
+    u = _uniform(np.asarray(latent, dtype=np.float64)[NUISANCE_DIM:])
+    picked = {
+        name: named.get(name) or choices[min(int(u[i] * len(choices)), len(choices) - 1)]
+        for i, (name, choices) in enumerate(VOCABULARY.items())
+    }
     return Attributes(**picked)
 
 
-def make_captions(n: int, seed: int = 0) -> list[str]:
-    """``n`` captions of random attribute combinations, distinct while n <= the number of
-    combinations (7680)."""
-    sizes = [len(VOCABULARY[f.name]) for f in fields(Attributes)]
-    total = math.prod(sizes)
-    codes = np.random.default_rng(seed).choice(total, size=n, replace=n > total)
-    return [_attributes_from_code(int(code), sizes).caption for code in codes]
+def make_captions(n: int, seed: int = 0, mode: str = "subset") -> list[str]:
+    """``n`` captions, distinct while n <= the number of possible ones (7680 with mode "all",
+    12320 with "subset"). "all": every caption names all five attributes, uniformly;
+    "subset": the shape always, each other attribute with probability NAME_PROBABILITY."""
+    if mode not in CAPTION_MODES:
+        raise ValueError(f"mode must be one of {CAPTION_MODES}, got {mode!r}")
+    choices = [VOCABULARY[name] + ((None,) if mode == "subset" and name != "shape" else ()) for name in VOCABULARY]
+    catalogue = [dict(zip(VOCABULARY, values)) for values in itertools.product(*choices)]
+    weights = None
+    if mode == "subset":
+        weights = np.array([
+            math.prod(NAME_PROBABILITY / len(VOCABULARY[k]) if v is not None else 1 - NAME_PROBABILITY
+                      for k, v in entry.items() if k != "shape")
+            for entry in catalogue
+        ])  # fmt: skip
+        weights /= weights.sum()
+    codes = np.random.default_rng(seed).choice(len(catalogue), size=n, replace=n > len(catalogue), p=weights)
+    return [describe({k: v for k, v in catalogue[code].items() if v is not None}) for code in codes]
 
 
-def _attributes_from_code(code: int, sizes: list[int]) -> Attributes:
-    picked = []
-    for f, size in zip(fields(Attributes), sizes):
-        code, digit = divmod(code, size)
-        picked.append(VOCABULARY[f.name][digit])
-    return Attributes(*picked)
+def _uniform(latent: np.ndarray) -> np.ndarray:
+    """Standard-normal coordinates -> uniform on [0, 1) (the normal CDF)."""
+    return 0.5 * (1.0 + np.vectorize(math.erf)(latent / math.sqrt(2.0)))
 
 
 def _polygon(shape: str, cx: float, cy: float, radius: float, angle: float) -> list[tuple[float, float]]:
@@ -127,9 +160,9 @@ def _polygon(shape: str, cx: float, cy: float, radius: float, angle: float) -> l
 def render(caption: str, latent: np.ndarray, resolution: int) -> np.ndarray:
     """One image of ``caption``, float32 [3, resolution, resolution] in [0, 1];
     ``latent``: float [LATENT_DIM], standard normal (its coordinates map to uniforms)."""
-    attrs = parse_caption(caption)
     latent = np.asarray(latent, dtype=np.float64)
-    u = 0.5 * (1.0 + np.vectorize(math.erf)(latent / math.sqrt(2.0)))
+    attrs = draw_attributes(parse_caption(caption), latent)
+    u = _uniform(latent[:NUISANCE_DIM])
     side = resolution
     radius = SIZES[attrs.size] * side * (0.8 + 0.4 * u[2])
     cx, cy = (radius + u[:2] * (side - 2 * radius)).tolist()
@@ -200,35 +233,3 @@ class ShapesPipeline:
             np.stack([render(prompt, latent, resolution) for prompt, row in zip(prompts, latents.numpy()) for latent in row])
         )
         return GenerationOutput(to_uint8_images(rendered, output_size).reshape(batch, k, output_size, output_size, 3))
-
-
-@dataclass(frozen=True)
-class ProbeSet:
-    images: np.ndarray  # uint8 [N, S, S, 3]
-    labels: np.ndarray  # int64 [N], indices into class_names
-    class_names: tuple[str, ...]
-    captions: list[str]
-
-
-def make_probe_set(
-    n_per_class: int, *, label: str = "shape", seed: int = 0, resolution: int = 64, size: int | None = None
-) -> ProbeSet:
-    """A labelled set for linear probing: ``n_per_class`` images per value of attribute
-    ``label`` ("shape", "colour", "texture", "size" or "background"), the other attributes and
-    the latent drawn at random. Its randomness is a stream of its own, apart from every
-    generation run; use different seeds for the probe's train and test sets."""
-    if label not in VOCABULARY:
-        raise ValueError(f"label must be one of {list(VOCABULARY)}, got {label!r}")
-    rng = np.random.default_rng([_PROBE_STREAM, seed])
-    class_names = VOCABULARY[label]
-    captions, latents, labels = [], [], []
-    for class_index, value in enumerate(class_names):
-        for _ in range(n_per_class):
-            picked = {name: choices[rng.integers(len(choices))] for name, choices in VOCABULARY.items()}
-            picked[label] = value
-            captions.append(Attributes(**picked).caption)
-            latents.append(rng.standard_normal(LATENT_DIM))
-            labels.append(class_index)
-    rendered = torch.from_numpy(np.stack([render(c, z, resolution) for c, z in zip(captions, latents)]))
-    images = to_uint8_images(rendered, size or resolution)
-    return ProbeSet(images, np.array(labels, dtype=np.int64), class_names, captions)

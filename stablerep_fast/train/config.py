@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from stablerep_fast.data.augment import Augment
+
 PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 autocast on GPU, fp32 on CPU
 REFERENCE_BATCH = 256  # lr = base_lr * global images per step / REFERENCE_BATCH
 
@@ -27,7 +29,7 @@ class TrainConfig:
     captions_per_batch: int = 1344  # n, over all ranks (x m = 8064 images per step)
     images_per_caption: int = 6  # m, drawn from each caption's K
     image_size: int = 224
-    augment: str = "stablerep"
+    augment: Augment | str | dict = field(default_factory=Augment)  # a preset name ("stablerep", "none") or fields
     loader_backend: str = "auto"
     num_workers: int | None = None  # None: min(8, CPUs)
     # Model: any timm name, random init; model_kwargs go to timm.create_model (img_size, patch_size, depth, ...).
@@ -64,6 +66,12 @@ class TrainConfig:
     resume: bool = False  # continue from out/checkpoint.pt when it exists
     stop_at: int | None = None  # stop after this step (a job's time slice); the schedule still spans ``steps``
 
+    def __post_init__(self):
+        try:
+            self.augment = Augment.parse(self.augment)  # a preset name or a mapping of fields
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(str(exc)) from exc
+
     @property
     def batch_images(self) -> int:
         """Images per step over all ranks."""
@@ -94,7 +102,8 @@ class TrainConfig:
                 raise ConfigError(message)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain values (lists, dicts), for YAML and checkpoints."""
+        return {**asdict(self), "augment": self.augment.to_dict(), "betas": list(self.betas)}
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -108,7 +117,7 @@ class TrainConfig:
         return cls(**values)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump({**self.to_dict(), "betas": list(self.betas)}, sort_keys=False))
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
@@ -139,6 +148,25 @@ PRESETS: dict[str, TrainConfig] = {
         base_lr=1e-3,
         checkpoint_every=50,
         out="runs/tiny",
+    ),
+    # The demo's recipe (stablerep-fast demo): a small ResNet (one block per stage, half width) at
+    # 32 px. avg_down: at 32 px the default 1x1 stride-2 shortcuts keep only every other pixel, so
+    # with zero-initialised residual branches a random-init net sees one corner of the image.
+    "cpu": TrainConfig(
+        captions_per_batch=32,
+        images_per_caption=4,
+        image_size=32,
+        augment=Augment.at_strength(0.5),
+        model="resnet18",
+        model_kwargs={"layers": [1, 1, 1, 1], "channels": [32, 64, 128, 256], "stem_width": 32, "avg_down": True,
+                      "zero_init_last": False},
+        head_hidden=512,
+        head_dim=128,
+        steps=150,
+        warmup_steps=15,
+        base_lr=1e-3,
+        checkpoint_every=150,
+        out="runs/cpu",
     ),
 }
 

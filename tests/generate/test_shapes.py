@@ -5,20 +5,43 @@ import torch
 from stablerep_fast.generate import initial_noise, shapes
 
 
-def test_captions_are_seeded_distinct_and_parse_back():
-    captions = shapes.make_captions(200, seed=3)
-    assert captions == shapes.make_captions(200, seed=3)
-    assert captions != shapes.make_captions(200, seed=4)
-    assert len(set(captions)) == 200
+def test_subset_captions_name_the_shape_and_some_attributes():
+    captions = shapes.make_captions(400, seed=3)
+    assert captions == shapes.make_captions(400, seed=3)
+    assert captions != shapes.make_captions(400, seed=4)
+    assert len(set(captions)) == 400
+    named = [shapes.parse_caption(c) for c in captions]
+    assert all("shape" in n for n in named)
+    assert all(shapes.describe(n) == c for n, c in zip(named, captions))
+    for name in ("size", "colour", "texture", "background"):
+        share = np.mean([name in n for n in named])
+        assert abs(share - shapes.NAME_PROBABILITY) < 0.1, (name, share)  # binomial sd 0.025
+
+
+def test_all_mode_names_every_attribute():
+    captions = shapes.make_captions(50, seed=1, mode="all")
+    assert len(set(captions)) == 50
     for caption in captions:
-        assert shapes.parse_caption(caption).caption == caption
+        assert set(shapes.parse_caption(caption)) == set(shapes.VOCABULARY)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        shapes.make_captions(1, mode="some")
 
 
-def test_free_text_gets_stable_attributes():
-    attrs = shapes.parse_caption("A dog, a blue ball")
-    assert attrs.colour == "blue"
-    assert attrs == shapes.parse_caption("A dog, a blue ball")
-    assert attrs.shape in shapes.SHAPES and attrs.background in shapes.BACKGROUNDS
+def test_parse_free_text():
+    assert shapes.parse_caption("A dog, a blue ball on a navy background") == {"colour": "blue", "background": "navy"}
+    assert shapes.parse_caption("a white star on a black background") == {"colour": "white", "shape": "star", "background": "black"}
+    assert shapes.describe({}) == "a shape" and shapes.describe({"colour": "orange", "shape": "ring"}) == "an orange ring"
+
+
+def test_unnamed_attributes_are_drawn_per_image_named_ones_kept():
+    latents = np.random.default_rng(0).standard_normal((200, shapes.LATENT_DIM))
+    named = {"colour": "red", "shape": "star"}
+    drawn = [shapes.draw_attributes(named, z) for z in latents]
+    assert all(a.colour == "red" and a.shape == "star" for a in drawn)
+    for name in ("size", "texture", "background"):  # every value turns up, about equally often
+        counts = np.unique([getattr(a, name) for a in drawn], return_counts=True)[1]
+        assert len(counts) == len(shapes.VOCABULARY[name]) and counts.min() > 200 / len(counts) / 3, (name, counts)
+    assert shapes.draw_attributes(named, latents[0]) == drawn[0]  # a function of the latent
 
 
 def test_render_is_deterministic_and_views_differ():
@@ -30,6 +53,14 @@ def test_render_is_deterministic_and_views_differ():
     assert np.abs(a - shapes.render(caption, z[1], 48)).mean() > 0.02
     other = "a large red striped star on a white background"
     assert np.abs(a - shapes.render(other, z[0], 48)).mean() > 0.1
+    # A caption that does not name the background: the images' backgrounds follow their latents.
+    z_bg = z[0].copy()
+    z_bg[-1] = -z_bg[-1]  # the mirrored bucket of the background's coordinate: another background
+    short = "a large red striped star"
+    colour = lambda image: image[:, 0, 0]  # noqa: E731  (a corner: background)
+    attrs = [shapes.draw_attributes(shapes.parse_caption(short), latent) for latent in (z[0], z_bg)]
+    assert attrs[0].background != attrs[1].background
+    assert np.abs(colour(shapes.render(short, z[0], 48)) - colour(shapes.render(short, z_bg, 48))).max() > 0.1
 
 
 def test_pipeline_renders_each_image_from_its_latent():
@@ -42,18 +73,3 @@ def test_pipeline_renders_each_image_from_its_latent():
     resized = torch.nn.functional.interpolate(torch.from_numpy(direct)[None], size=(32, 32), mode="bicubic", antialias=True)
     expected = (resized.clamp(0, 1) * 255).round()[0].permute(1, 2, 0).numpy()
     np.testing.assert_array_equal(images[1, 2], expected.astype(np.uint8))
-
-
-def test_probe_set_is_labelled_balanced_and_held_out():
-    probe = shapes.make_probe_set(3, label="shape", seed=0, resolution=32)
-    assert probe.images.shape == (3 * len(shapes.SHAPES), 32, 32, 3) and probe.images.dtype == np.uint8
-    assert probe.class_names == shapes.SHAPES
-    assert np.bincount(probe.labels).tolist() == [3] * len(shapes.SHAPES)
-    for caption, label in zip(probe.captions, probe.labels):
-        assert shapes.parse_caption(caption).shape == probe.class_names[label]
-    np.testing.assert_array_equal(probe.images, shapes.make_probe_set(3, seed=0, resolution=32).images)
-    assert not np.array_equal(probe.images, shapes.make_probe_set(3, seed=1, resolution=32).images)
-    colours = shapes.make_probe_set(1, label="colour", resolution=16, size=8)
-    assert colours.images.shape == (len(shapes.COLOURS), 8, 8, 3)
-    with pytest.raises(ValueError, match="label must be one of"):
-        shapes.make_probe_set(1, label="mood")

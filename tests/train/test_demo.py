@@ -1,33 +1,65 @@
-"""The README's main command, reduced: generate -> train two encoders -> probe three."""
+"""The README's main command, reduced: generate -> train two encoders -> probe three, over seeds."""
 
 import json
 
+import numpy as np
+import pytest
+
 from stablerep_fast.cli import main
+from stablerep_fast.demo import ENCODERS, _summarise
 
 
-def test_demo_quick_writes_results(tmp_path, capsys):
+def test_demo_quick_writes_results_and_plot(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(tmp_path), "--no-progress"]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
-    for name in ("multipos", "simclr", "random_init"):
-        assert 0.0 <= results[name]["probe_acc"] <= 1.0
-        assert set(results[name]["probe_acc_by_label"]) == {"shape", "texture", "colour"}
-    assert results["multipos"]["steps"] == results["simclr"]["steps"]
-    assert {"generate_s", "train_multipos_s", "train_simclr_s", "probe_s", "total_s"} <= results["timings"].keys()
+    assert (tmp_path / "probe_vs_step.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    run = results["per_seed"]["0"]
+    for name in ENCODERS:
+        assert set(run[name]["by_label"]) == {"shape", "texture", "colour"}
+        for label, r in run[name]["by_label"].items():
+            assert 0.0 <= r["probe_acc"] <= 1.0 and 0.0 <= r["knn_acc"] <= 1.0
+        assert run[name]["probe_acc"] == pytest.approx(np.mean([r["probe_acc"] for r in run[name]["by_label"].values()]))
+        assert results["summary"][name]["probe_acc"] == {"mean": run[name]["probe_acc"], "std": 0.0}
+    assert [p["step"] for p in run["multipos"]["curve"]] == [p["step"] for p in run["simclr"]["curve"]] == [3, 6]
+    assert run["multipos"]["curve"][-1]["probe_acc"] == run["multipos"]["probe_acc"]
+    assert results["config"]["recipe"]["images_per_caption"] == 4 and not results["config"]["validation"]
+    assert results["timings"]["cpu_s"] > 0 and results["timings"]["total_s"] > 0
     table = capsys.readouterr().out
-    assert "multipos" in table and "random_init" in table
+    assert "multipos" in table and "random_init" in table and "held-out test images" in table
+
+
+def test_summary_is_mean_and_sample_std_over_seeds():
+    def run(acc):
+        by_label = {"shape": {"probe_acc": acc, "knn_acc": acc / 2}}
+        curve = [{"step": 5, "probe_acc": acc, "knn_acc": acc / 2}]
+        return {name: {"probe_acc": acc, "knn_acc": acc / 2, "by_label": by_label, **({"curve": curve} if name != "random_init" else {})}
+                for name in ENCODERS}  # fmt: skip
+
+    values = [0.5, 0.6, 0.9]
+    summary = _summarise({seed: run(v) for seed, v in enumerate(values)})
+    expected = {"mean": np.mean(values), "std": np.std(values, ddof=1)}
+    assert summary["multipos"]["probe_acc"] == pytest.approx(expected)
+    assert summary["simclr"]["by_label"]["shape"]["knn_acc"] == pytest.approx({k: v / 2 for k, v in expected.items()})
+    assert summary["multipos"]["curve"][0]["probe_acc"] == pytest.approx(expected) and "curve" not in summary["random_init"]
 
 
 def test_train_and_probe_commands(tmp_path, capsys):
-    data = tmp_path / "demo" / "data" / "multipos"
+    data = tmp_path / "demo" / "seed0" / "data" / "multipos"
     assert main(["demo", "--quick", "--out", str(tmp_path / "demo"), "--no-progress", "--steps", "1"]) == 0
     run = tmp_path / "run"
     args = ["train", "--preset", "tiny", "--data", str(data), "--out", str(run), "--steps", "2", "--warmup-steps", "1",
-            "--captions-per-batch", "8", "--num-workers", "0", "--no-progress", "--set", "head_hidden=64"]
+            "--captions-per-batch", "8", "--num-workers", "0", "--no-progress", "--set", "head_hidden=64",
+            "--set", "augment={crop_scale: [0.5, 1], blur_p: 0}"]
     assert main(args) == 0
-    assert "head_hidden: 64" in (run / "config.yaml").read_text()
+    saved = (run / "config.yaml").read_text()
+    assert "head_hidden: 64" in saved and "- 0.5" in saved and "blur_p: 0" in saved
     probe = ["probe", "--checkpoint", str(run / "checkpoint.pt"), "--data", "shapes:colour", "--per-class", "6",
              "--sweep", "0.001", "--json", str(tmp_path / "probe.json")]
     assert main(probe) == 0
     assert 0 <= json.loads((tmp_path / "probe.json").read_text())["probe_acc"] <= 1
     assert main(["train", "--preset", "tiny", "--set", "stepz=3"]) == 2
     assert "unknown setting" in capsys.readouterr().err
+    assert main(["train", "--preset", "tiny", "--set", "augment=strong"]) == 2
+    assert "unknown augment 'strong'" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path / "x"), "--seeds", ","]) == 2
+    assert "--seeds needs at least one seed" in capsys.readouterr().err
