@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from conftest import K
 
 from stablerep_fast.data import Augment, available_backends, build_loader
 from stablerep_fast.data.augment import MEAN, STD
@@ -43,7 +42,7 @@ def test_train_config_carries_augment_fields_through_yaml(tmp_path):
 
 
 def _first_batch(shards, backend, augment):
-    loader = build_loader(shards, 4, K, image_size=S, backend=backend, device="cpu", augment=augment,
+    loader = build_loader(shards, 4, 2, image_size=S, backend=backend, device="cpu", augment=augment,
                           num_workers=0 if backend == "torch" else 1, seed=3)  # fmt: skip
     return next(iter(loader))[0] * torch.tensor(STD).view(3, 1, 1) + torch.tensor(MEAN).view(3, 1, 1)  # RGB in [0, 1]
 
