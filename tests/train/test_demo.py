@@ -63,3 +63,17 @@ def test_train_and_probe_commands(tmp_path, capsys):
     assert "unknown augment 'strong'" in capsys.readouterr().err
     assert main(["demo", "--out", str(tmp_path / "x"), "--seeds", ","]) == 2
     assert "--seeds needs at least one seed" in capsys.readouterr().err
+
+
+def test_m_study_keeps_images_per_step(tmp_path, capsys):
+    from stablerep_fast.demo import DemoConfig, run_study
+
+    config = DemoConfig.quick(tmp_path, progress=False, curve_points=1)
+    rows = run_study(config, "m", values=(2, 8))
+    assert [(r["value"], r["method"]) for r in rows] == [(2, "multipos"), ("simclr", "simclr"), (8, "multipos")]
+    saved = json.loads((tmp_path / "study-m-2_8.json").read_text())
+    assert [r["value"] for r in saved] == [2, "simclr", 8]
+    for m in (2, 8):
+        recipe = json.loads((tmp_path / f"m-{m}" / "results.json").read_text())["config"]["recipe"]
+        assert recipe["images_per_caption"] == m and recipe["captions_per_batch"] * m == config.recipe.batch_images
+    assert "m=8 multipos" in capsys.readouterr().out
