@@ -3,7 +3,8 @@
 Environment variables:
   STABLEREP_FAST_CUDA_ARCHS  CUDA architectures, CMake syntax (default "80;90").
   STABLEREP_FAST_NO_CUDA=1   skip the CUDA sources even when nvcc is found.
-  STABLEREP_FAST_NATIVE=0    build portable CPU code instead of -march=native.
+  STABLEREP_FAST_NATIVE=1    CPU kernels for this machine only (-march=native) instead of the
+                             portable baseline/AVX2/AVX-512 variants picked at run time.
   STABLEREP_FAST_BUILD_JOBS  parallel compile jobs (default: CPU count).
 """
 
@@ -43,7 +44,7 @@ class CMakeBuild(build_ext):
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DCMAKE_BUILD_TYPE={'Debug' if self.debug else 'Release'}",
             f"-DSRF_WITH_CUDA={'OFF' if no_cuda else 'ON'}",
-            f"-DSRF_NATIVE={'ON' if _env_flag('STABLEREP_FAST_NATIVE', True) else 'OFF'}",
+            f"-DSRF_NATIVE={'ON' if _env_flag('STABLEREP_FAST_NATIVE', False) else 'OFF'}",
             f"-DSRF_CUDA_ARCHS={os.environ.get('STABLEREP_FAST_CUDA_ARCHS', '80;90')}",
         ]
         jobs = os.environ.get("STABLEREP_FAST_BUILD_JOBS", str(os.cpu_count() or 1))

@@ -6,6 +6,7 @@
 #include <optional>
 
 #include "common.h"
+#include "cpu_variants.h"
 #include "finite/finite.h"
 #include "multipos/multipos.h"
 #if defined(SRF_WITH_CUDA)
@@ -45,6 +46,10 @@ py::dict build_info() {
   info["cuda"] = false;
   info["cuda_archs"] = std::string();
 #endif
+  py::list variants;
+  for (const auto& variant : srf::cpu_variants()) variants.append(variant.first);
+  info["cpu_variants"] = variants;
+  info["cpu_variant"] = srf::cpu_variant();
   return info;
 }
 
@@ -59,7 +64,12 @@ PYBIND11_MODULE(_C, m) {
       .value("float16", srf::DType::Float16)
       .value("bfloat16", srf::DType::BFloat16);
 
-  m.def("build_info", &build_info, "How this extension was compiled (OpenMP, CUDA, architectures).");
+  m.def("build_info", &build_info,
+        "How this extension was compiled (OpenMP, CUDA architectures, CPU kernel variants and the one in use).");
+  m.def("cpu_variants", &srf::cpu_variants,
+        "Every CPU kernel variant in this build, best first, with whether this CPU runs it.");
+  m.def("set_cpu_variant", &srf::set_cpu_variant, py::arg("name"),
+        "Run the CPU kernels on this variant from now on (by default the best this CPU runs).");
 
   m.def(
       "all_finite",

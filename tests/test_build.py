@@ -1,5 +1,8 @@
 """The compiled extension: it is built, reports how, and its pointer-level entry works."""
 
+import os
+import platform
+
 import numpy as np
 import pytest
 import torch
@@ -37,3 +40,35 @@ def test_all_finite_agrees_with_torch_isfinite(dtype, numel):
 def test_unsupported_dtype_is_a_clear_error():
     with pytest.raises(ValueError, match="do not support dtype torch.int32"):
         _ext.c_dtype(torch.int32)
+
+
+# What each portable CPU variant needs, as /proc/cpuinfo names the features.
+VARIANT_FLAGS = {
+    "baseline": set(),
+    "avx2": {"avx2", "fma", "f16c"},
+    "avx512": {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd"},
+}
+
+
+def _cpu_flags() -> set[str]:
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="reads the CPU's features from /proc/cpuinfo")
+def test_cpu_variant_follows_the_cpu_features():
+    info = _ext.build_info()
+    variants = _ext.extension().cpu_variants()
+    assert [name for name, _ in variants] == info["cpu_variants"]
+    if info["cpu_variants"] == ["native"]:  # STABLEREP_FAST_NATIVE=1: built for this machine only
+        assert info["cpu_variant"] == "native"
+        return
+    flags = _cpu_flags()
+    for name, runs in variants:
+        assert runs == (VARIANT_FLAGS[name] <= flags), name
+    assert info["cpu_variant"] == next(name for name, runs in variants if runs)
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert info["cpu_variants"] == ["avx512", "avx2", "baseline"]

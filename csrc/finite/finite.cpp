@@ -1,9 +1,14 @@
 // NaN/inf detection on raw memory: an element is non-finite when all its exponent bits are set.
+// Compiled once per CPU variant, into namespace srf::SRF_CPU_NS (see cpu_kernels.h).
 #include "finite/finite.h"
 
 #include <cstring>
 
+#include "cpu_kernels.h"
+
+SRF_CPU_TARGET_BEGIN
 namespace srf {
+namespace SRF_CPU_NS {
 namespace {
 
 template <typename Bits>
@@ -37,4 +42,6 @@ bool all_finite_cpu(const void* data, int64_t numel, DType dtype) {
   throw std::invalid_argument("all_finite: unsupported dtype");
 }
 
+}  // namespace SRF_CPU_NS
 }  // namespace srf
+SRF_CPU_TARGET_END

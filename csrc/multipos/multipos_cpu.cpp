@@ -7,14 +7,20 @@
 // log-sum-exp, the weighted-sum pass turns them into weights P and accumulates P @ b with a
 // second micro-kernel (MR rows x DC features). Inputs are copied once into zero-padded
 // buffers (O(N * D)), so the micro-kernels never see ragged edges.
+//
+// Compiled once per CPU variant (instruction set), into namespace srf::SRF_CPU_NS; see
+// cpu_kernels.h.
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
+#include "cpu_kernels.h"
 #include "multipos/multipos.h"
 
+SRF_CPU_TARGET_BEGIN
 namespace srf {
+namespace SRF_CPU_NS {
 namespace {
 
 constexpr int64_t MR = 8;    // rows per micro-tile: 8 x 2 AVX-512 accumulators (4 rows: 1.8x slower, 2-core Zen 4)
@@ -278,4 +284,6 @@ void multipos_weighted_sum_cpu(const MultiposProblem& p, DType dtype, const void
   }
 }
 
+}  // namespace SRF_CPU_NS
 }  // namespace srf
+SRF_CPU_TARGET_END

@@ -162,3 +162,46 @@ def test_torch_compile_traces_the_loss_without_graph_breaks():
     ref.backward()
     assert_close(loss, ref, rtol=1e-6, atol=1e-6, name="compiled loss")
     assert_close(grad, feats2.grad, rtol=1e-5, atol=1e-7, name="compiled grad")
+
+
+# ---- CPU variants: one copy of the kernels per instruction set (csrc/cpu_variants.cpp) ---------
+
+from stablerep_fast import _ext  # noqa: E402
+
+RUNNABLE_VARIANTS = [name for name, runs in _ext.extension().cpu_variants() if runs]
+
+
+@pytest.fixture
+def restore_cpu_variant():
+    picked = _ext.build_info()["cpu_variant"]
+    yield
+    _ext.extension().set_cpu_variant(picked)
+
+
+@pytest.mark.parametrize("variant", RUNNABLE_VARIANTS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_every_cpu_variant_computes_the_same(variant, dtype, restore_cpu_variant):
+    # Shapes off every micro-tile, panel and sliver edge; both kernels; the finite scan too.
+    _ext.extension().set_cpu_variant(variant)
+    assert _ext.build_info()["cpu_variant"] == variant
+    a, b, scale = _problem(129, 301, 33, dtype)
+    lse = CPP_KERNELS.lse(a, b, scale, 5)
+    assert_close(lse, REFERENCE.lse(a, b, scale, 5), **TOL[dtype], name=f"lse ({variant})")
+    u, v = torch.rand(129, dtype=dtype), torch.rand(301, dtype=dtype)
+    lse_b = REFERENCE.lse(b, a, scale, -5)
+    got = CPP_KERNELS.weighted_sum(a, b, u, lse, v, lse_b, scale, 5)
+    want = REFERENCE.weighted_sum(a, b, u, lse, v, lse_b, scale, 5)
+    assert_close(got, want, **TOL[dtype], name=f"weighted_sum ({variant})")
+    x = torch.randn(200_003, dtype=dtype)
+    assert _ext.extension().all_finite(x.data_ptr(), x.numel(), _ext.c_dtype(dtype)) is True
+    x[123_457] = float("nan")
+    assert _ext.extension().all_finite(x.data_ptr(), x.numel(), _ext.c_dtype(dtype)) is False
+
+
+def test_unknown_or_unrunnable_cpu_variant_is_refused(restore_cpu_variant):
+    with pytest.raises(ValueError, match="not in this build"):
+        _ext.extension().set_cpu_variant("avx9000")
+    for name, runs in _ext.extension().cpu_variants():
+        if not runs:
+            with pytest.raises(ValueError, match="does not run on this CPU"):
+                _ext.extension().set_cpu_variant(name)
