@@ -4,6 +4,7 @@ Nothing here imports stablerep_fast: these are what the package is tested agains
 """
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 
 def multipos_ce_rows(x, y, x_labels, y_labels, scale, diag=None):
@@ -24,6 +25,33 @@ def multipos_ce_rows(x, y, x_labels, y_labels, scale, diag=None):
         lse = m + torch.log(torch.exp(s - m).sum())
         losses.append(lse - s[positives].mean())
     return torch.stack(losses).mean()
+
+
+def multipos_ce_blocks(x, y, x_labels, y_labels, scale, self_offset=None, block=1024):
+    """multipos_ce_rows vectorised over blocks of rows, for N in the thousands: each block's
+    [block, M] logits are recomputed in the backward (checkpoint), so memory stays
+    O(block * M). tests check it against multipos_ce_rows."""
+    total = x.new_zeros(())
+    for i0 in range(0, x.shape[0], block):
+        rows = slice(i0, i0 + block)
+        total = total + checkpoint(_block_loss_sum, x[rows], y, x_labels[rows], y_labels, scale,
+                                   None if self_offset is None else self_offset + i0, use_reentrant=False)
+    return total / x.shape[0]
+
+
+def _block_loss_sum(x, y, x_labels, y_labels, scale, self_offset):
+    s = scale * (x @ y.T)
+    positive = x_labels[:, None] == y_labels[None, :]
+    if self_offset is not None:
+        own = torch.zeros_like(positive)
+        i = torch.arange(x.shape[0])
+        keep = (i + self_offset >= 0) & (i + self_offset < y.shape[0])
+        own[i[keep], i[keep] + self_offset] = True
+        s = s.masked_fill(own, float("-inf"))
+        positive &= ~own
+    k = positive.sum(1)
+    mean_positive = s.masked_fill(~positive, 0.0).sum(1) / k.clamp(min=1)
+    return torch.where(k > 0, torch.logsumexp(s, 1) - mean_positive, 0.0).sum()
 
 
 def normalize(f):

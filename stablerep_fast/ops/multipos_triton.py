@@ -11,9 +11,11 @@ v_j exp(s - lse_b_j) and accumulates p @ b_tile into a [BLOCK_M, BLOCK_DV] tile.
 excluded pair (i, i + diag) and padding columns are masked out; lse entries may be +inf.
 
 Inputs are float32, float16 or bfloat16 (a and b alike). Float32 dots run in the chosen
-``precision`` ("tf32" or "ieee"). Half-precision p @ b keeps p's float32 accuracy:
-bfloat16 splits p into two bfloat16 parts (hi + lo), float16 multiplies p with b upcast
-to float32 in tf32 (b is exact there, and float16 would flush the ~1/N weights).
+``precision`` ("tf32" or "ieee"). Half-precision p @ b keeps most of p's float32 accuracy
+by splitting p into two parts, hi + lo, each multiplied on the tensor cores: bfloat16
+parts for bfloat16 b; for float16 b, tf32 parts against b upcast to float32 (b is exact in
+tf32, and float16 parts would flush the ~1/N weights). One tf32 part alone put 2^-10 of the
+largest entry into the float16 gradient at N = 8192, tau = 0.05 (emulated in the tests).
 
 Both kernels are registered torch ops (``stablerep_fast::triton_lse``,
 ``stablerep_fast::triton_weighted_sum``) so torch.compile traces them. With
@@ -38,10 +40,11 @@ PRECISIONS = ("tf32", "ieee")
 
 @triton.jit
 def _load_tile(ptr, idx, k0, n, D, BLOCK_K: tl.constexpr):
-    """Rows ``idx`` (int64), columns k0..k0+BLOCK_K of a contiguous [n, D] matrix; zero-padded."""
+    """Rows ``idx`` (int32), columns k0..k0+BLOCK_K of a contiguous [n, D] matrix; zero-padded.
+    Offsets are int64 (n * D may pass 2^31); indices and masks stay int32 (fewer registers)."""
     k = k0 + tl.arange(0, BLOCK_K)
     mask = (idx[:, None] < n) & (k[None, :] < D)
-    return tl.load(ptr + idx[:, None] * D + k[None, :], mask=mask, other=0.0)
+    return tl.load(ptr + idx.to(tl.int64)[:, None] * D + k[None, :], mask=mask, other=0.0)
 
 
 @triton.jit
@@ -70,7 +73,7 @@ def _kept(rows, cols, nb, diag, HAS_DIAG: tl.constexpr):
     """[rows, cols] mask of the pairs that count: real columns, minus (i, i + diag)."""
     keep = cols[None, :] < nb
     if HAS_DIAG:
-        keep = keep & (cols[None, :] != rows[:, None] + diag)
+        keep = keep & (cols[None, :] - rows[:, None] != diag)
     return keep
 
 
@@ -81,13 +84,13 @@ def _lse_kernel(a_ptr, b_ptr, scale_ptr, lse_ptr, na, nb, D, diag,
     """lse_i = log sum_j exp(s_ij) for one row tile, as an online base-2 log-sum-exp."""
     LOG2E: tl.constexpr = 1.4426950408889634
     LN2: tl.constexpr = 0.6931471805599453
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     scale = tl.load(scale_ptr).to(tl.float32) * LOG2E
     a0 = _load_tile(a_ptr, rows, 0, na, D, BLOCK_K)
     m = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     total = tl.zeros((BLOCK_M,), tl.float32)
     for n0 in range(0, nb, BLOCK_N):
-        cols = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
+        cols = n0 + tl.arange(0, BLOCK_N)
         b0 = _load_tile(b_ptr, cols, 0, nb, D, BLOCK_K)
         s = _scores(a0, b0, a_ptr, b_ptr, rows, cols, na, nb, D, scale, BLOCK_K, K_TILES, PRECISION, UPCAST)
         s = tl.where(_kept(rows, cols, nb, diag, HAS_DIAG), s, float("-inf"))
@@ -95,7 +98,7 @@ def _lse_kernel(a_ptr, b_ptr, scale_ptr, lse_ptr, na, nb, D, diag,
         shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing kept yet
         total = total * tl.exp2(m - shift) + tl.sum(tl.exp2(s - shift[:, None]), 1)
         m = m_new
-    tl.store(lse_ptr + rows, (m + tl.log2(total)) * LN2, mask=rows < na)
+    tl.store(lse_ptr + rows.to(tl.int64), (m + tl.log2(total)) * LN2, mask=rows < na)
 
 
 @triton.jit
@@ -107,7 +110,7 @@ def _weighted_sum_kernel(a_ptr, b_ptr, u_ptr, lse_a_ptr, v_ptr, lse_b_ptr, scale
                          PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """out[rows, dv] = sum_j p_ij b[j, dv] for one row tile and one BLOCK_DV slice of D."""
     LOG2E: tl.constexpr = 1.4426950408889634
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     dv0 = tl.program_id(1) * BLOCK_DV
     scale = tl.load(scale_ptr).to(tl.float32) * LOG2E
     a0 = _load_tile(a_ptr, rows, 0, na, D, BLOCK_K)
@@ -116,7 +119,7 @@ def _weighted_sum_kernel(a_ptr, b_ptr, u_ptr, lse_a_ptr, v_ptr, lse_b_ptr, scale
         lse_a = tl.load(lse_a_ptr + rows, mask=rows < na, other=0.0) * LOG2E
     acc = tl.zeros((BLOCK_M, BLOCK_DV), tl.float32)
     for n0 in range(0, nb, BLOCK_N):
-        cols = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
+        cols = n0 + tl.arange(0, BLOCK_N)
         b0 = _load_tile(b_ptr, cols, 0, nb, D, BLOCK_K)
         s = _scores(a0, b0, a_ptr, b_ptr, rows, cols, na, nb, D, scale, BLOCK_K, K_TILES, PRECISION, UPCAST)
         p = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
@@ -132,14 +135,20 @@ def _weighted_sum_kernel(a_ptr, b_ptr, u_ptr, lse_a_ptr, v_ptr, lse_b_ptr, scale
             bv = b0
         else:
             bv = _load_tile(b_ptr, cols, dv0, nb, D, BLOCK_DV)
-        if SPLIT_P:  # p = hi + lo, both exact in b's dtype: ~16 significant bits of p
-            hi = p.to(bv.dtype)
+        if SPLIT_P:  # p = hi + lo with hi exact in the dot's operand type: p keeps ~2x its bits
+            if bv.dtype == tl.bfloat16:
+                hi = p.to(tl.bfloat16)
+                lo = (p - hi.to(tl.float32)).to(tl.bfloat16)
+            else:  # float16 b, exact in tf32: hi = p's leading 11 bits, exact in tf32
+                bv = bv.to(tl.float32)
+                hi = (p.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
+                lo = p - hi
             acc = _dot(hi, bv, acc, PRECISION, UPCAST)
-            acc = _dot((p - hi.to(tl.float32)).to(bv.dtype), bv, acc, PRECISION, UPCAST)
+            acc = _dot(lo, bv, acc, PRECISION, UPCAST)
         else:
             acc = _dot(p, bv.to(tl.float32), acc, PRECISION, UPCAST)
     dv = dv0 + tl.arange(0, BLOCK_DV)
-    tl.store(out_ptr + rows[:, None] * D + dv[None, :], acc, mask=(rows < na)[:, None] & (dv < D)[None, :])
+    tl.store(out_ptr + rows.to(tl.int64)[:, None] * D + dv[None, :], acc, mask=(rows < na)[:, None] & (dv < D)[None, :])
 
 
 # ---- launchers -------------------------------------------------------------------------------
@@ -149,36 +158,87 @@ _INTERPRET = not isinstance(_lse_kernel, triton.runtime.JITFunction)
 
 
 @dataclass(frozen=True)
-class _Tiles:
-    block_m: int
-    block_n: int
-    block_k: int
-    k_tiles: int
-    block_dv: int
-    num_warps: int
-    num_stages: int
+class Variant:
+    """One kernel specialisation the launchers ask Triton for (Triton adds its own, per
+    argument alignment: N or D not a multiple of 16 compiles separately)."""
+
+    kernel: str  # "lse" or "weighted_sum"
+    dtype: torch.dtype  # of a and b
+    precision: str  # tl.dot's input_precision: _dot_precision(dtype, the caller's precision)
+    d: int
+    has_u: bool = False
+    has_v: bool = False
+    has_diag: bool = False
 
 
-def _tiles(d: int, dtype: torch.dtype, kernel: str) -> _Tiles:
-    """Tile settings for width ``d``.
+def launch_meta(v: Variant) -> dict:
+    """The kernel's constexpr arguments and launch options for ``v``: what the launchers pass.
 
-    D <= 256 is one K tile (a's row tile loaded once per program); wider D loops over
-    64-wide K chunks and slices the output into 128-wide column blocks. On GPUs, BLOCK_M = 64
-    gives N/64 programs (128 for N = 8192, one wave on 132 SMs); BLOCK_N keeps a's tile plus
-    num_stages b tiles within Hopper's 227 KB of shared memory (half: 32 + 3 x 32 KB at D = 256;
-    float32 halves BLOCK_N). Untuned: chosen from those budgets, not measured. The interpreter
-    costs ~2 ms per program and per loop step, so it gets 64 x 64 tiles and no pipelining.
+    Programs own BLOCK_M = 64 rows (N/64 programs: 128 for N = 8192, one wave on 132 SMs) and
+    run as one warpgroup of 4 warps (with 8 warps on 64 rows Triton gave weighted_sum's two
+    p @ b dots different accumulator layouts and converted between them every step; only
+    weighted_sum at D > 256 keeps 8, which spilled less there). Scores
+    run over K in BLOCK_K chunks; weighted_sum slices D into BLOCK_DV-wide output blocks, each
+    recomputing the scores. Each setting is the largest for which ptxas reports no spills for
+    any public variant on sm_90 (``triton_aot``; the table is in benchmarks/RESULTS.md), from
+    the register report alone: none is timed on a GPU yet.
+
+    - Tensor cores (tf32, bf16, fp16): BLOCK_K = D up to 256 (a's row tile loaded once per
+      program), else 64. lse: 64-column tiles (32 for float32 or D > 256), 3 pipeline stages
+      (2 for D > 256). weighted_sum: 32-column tiles, 2 stages, BLOCK_DV = D up to 256 (128
+      for float32 and for D > 256). lse for float32 at D > 256 without pipelining.
+    - "ieee" float32 (FMA): a tl.dot on CUDA cores keeps each thread's rows and columns of both
+      operands over the whole K in registers, so K runs in 16-wide chunks and weighted_sum's
+      p @ b over 16-column tiles, BLOCK_DV = 64.
+    - D <= 256 not a multiple of 16 (row loads cannot be vectorised): weighted_sum without
+      pipelining and BLOCK_DV <= 64 (32 for "ieee").
+    - The interpreter costs ~2 ms per program and per loop step: 64 x 64 tiles, no pipelining.
     """
-    block_k = max(16, triton.next_power_of_2(d)) if d <= 256 else 64
-    k_tiles = triton.cdiv(d, block_k)
-    block_dv = block_k if k_tiles == 1 else 128
+    d, lse = v.d, v.kernel == "lse"
+    fp32, ieee = v.dtype == torch.float32, v.dtype == torch.float32 and v.precision == "ieee"
+    wide, aligned = d > 256, d % 16 == 0
+    block_k = 64 if wide else max(16, triton.next_power_of_2(d))
+    block_dv, num_warps = 128 if wide else block_k, 4
     if _INTERPRET:
-        return _Tiles(64, 64, block_k, k_tiles, block_dv, 4, 1)
-    half = dtype != torch.float32
-    block_n = 64 if half else 32
-    if kernel == "lse":
-        return _Tiles(64, block_n, block_k, k_tiles, block_dv, 4, 3)
-    return _Tiles(64, block_n, block_k, k_tiles, block_dv, 8, 2)
+        block_n, num_stages = 64, 1
+    elif ieee:
+        block_k, block_n = 16, 32 if lse else 16
+        block_dv, num_stages = (64, 2) if aligned else (32, 1)
+        num_stages = 3 if lse else num_stages
+    elif lse:
+        block_n = 32 if fp32 or wide else 64
+        num_stages = (1 if fp32 else 2) if wide else 3
+    elif wide:
+        block_n, num_warps, num_stages = 32, 8, 2
+    else:
+        block_n = 32
+        block_dv, num_stages = (min(block_dv, 128 if fp32 else 256), 2) if aligned else (min(block_dv, 64), 1)
+    meta = dict(HAS_DIAG=v.has_diag, BLOCK_M=64, BLOCK_N=block_n, BLOCK_K=block_k, K_TILES=triton.cdiv(d, block_k),
+                PRECISION=v.precision, UPCAST=_INTERPRET,
+                num_warps=num_warps, num_stages=num_stages)
+    if not lse:
+        meta.update(HAS_U=v.has_u, HAS_V=v.has_v, BLOCK_DV=min(block_dv, max(16, triton.next_power_of_2(d))),
+                    SPLIT_P=v.dtype != torch.float32)
+    return meta
+
+
+# The passes the public losses make. multipos_con_loss: lse without the diagonal, then one
+# symmetric weighted_sum with both terms; multipos_clip_loss: lse of all pairs, then the rows'
+# term and the columns' term (multipos_fused).
+PUBLIC_PASSES = (
+    dict(kernel="lse", has_diag=True),
+    dict(kernel="weighted_sum", has_u=True, has_v=True, has_diag=True),
+    dict(kernel="lse", has_diag=False),
+    dict(kernel="weighted_sum", has_u=True, has_v=False, has_diag=False),
+    dict(kernel="weighted_sum", has_u=False, has_v=True, has_diag=False),
+)
+PUBLIC_INPUTS = ((torch.float32, "tf32"), (torch.float32, "ieee"), (torch.bfloat16, "tf32"), (torch.float16, "tf32"))
+
+
+def public_variants(widths=(64, 100, 128, 256, 1030)) -> list[Variant]:
+    """Every Variant the public losses launch for features of these widths."""
+    return [Variant(dtype=dtype, precision=precision, d=d, **p)
+            for dtype, precision in PUBLIC_INPUTS for d in widths for p in PUBLIC_PASSES]
 
 
 def _check(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, precision: str) -> None:
@@ -212,13 +272,8 @@ def _lse(a, b, scale, diag, precision):
     a, b = a.contiguous(), b.contiguous()
     na, nb, d = a.shape[0], b.shape[0], a.shape[1]
     out = torch.empty(na, dtype=torch.float32, device=a.device)
-    t = _tiles(d, a.dtype, "lse")
-    _launchable(_lse_kernel)[(triton.cdiv(na, t.block_m),)](
-        a, b, scale, out, na, nb, d, diag,
-        HAS_DIAG=has_diag, BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k, K_TILES=t.k_tiles,
-        PRECISION=_dot_precision(a.dtype, precision), UPCAST=_INTERPRET,
-        num_warps=t.num_warps, num_stages=t.num_stages,
-    )
+    meta = launch_meta(Variant("lse", a.dtype, _dot_precision(a.dtype, precision), d, has_diag=has_diag))
+    _launchable(_lse_kernel)[(triton.cdiv(na, meta["BLOCK_M"]),)](a, b, scale, out, na, nb, d, diag, **meta)
     return out
 
 
@@ -233,13 +288,12 @@ def _weighted_sum(a, b, u, lse_a, v, lse_b, scale, diag, precision):
     a, b = a.contiguous(), b.contiguous()
     na, nb, d = a.shape[0], b.shape[0], a.shape[1]
     out = torch.empty(na, d, dtype=torch.float32, device=a.device)
-    t = _tiles(d, a.dtype, "weighted_sum")
-    _launchable(_weighted_sum_kernel)[(triton.cdiv(na, t.block_m), triton.cdiv(d, t.block_dv))](
-        a, b, _f32(u), _f32(lse_a), _f32(v), _f32(lse_b), scale, out, na, nb, d, diag,
-        HAS_U=u is not None, HAS_V=v is not None, HAS_DIAG=has_diag,
-        BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k, K_TILES=t.k_tiles, BLOCK_DV=t.block_dv,
-        SPLIT_P=a.dtype == torch.bfloat16, PRECISION=_dot_precision(a.dtype, precision), UPCAST=_INTERPRET,
-        num_warps=t.num_warps, num_stages=t.num_stages,
+    variant = Variant("weighted_sum", a.dtype, _dot_precision(a.dtype, precision), d, u is not None, v is not None,
+                      has_diag)
+    meta = launch_meta(variant)
+    grid = (triton.cdiv(na, meta["BLOCK_M"]), triton.cdiv(d, meta["BLOCK_DV"]))
+    _launchable(_weighted_sum_kernel)[grid](
+        a, b, _f32(u), _f32(lse_a), _f32(v), _f32(lse_b), scale, out, na, nb, d, diag, **meta
     )
     return out
 

@@ -6,6 +6,9 @@ tl.dot computes tf32 exactly, so float32 results are checked at float32 toleranc
 GPU-marked tests add large N, every dtype on the tensor cores and determinism.
 """
 
+from dataclasses import dataclass
+from functools import lru_cache
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,7 +16,7 @@ import torch.nn.functional as F
 import reference
 from helpers import assert_close
 from stablerep_fast import available_backends, multipos_clip_loss, multipos_con_loss
-from stablerep_fast.ops.multipos_fused import multipos_ce
+from stablerep_fast.ops.multipos_fused import Backend, multipos_ce
 from stablerep_fast.ops.multipos_torch import CHUNKED, REFERENCE
 
 multipos_triton = pytest.importorskip("stablerep_fast.ops.multipos_triton")
@@ -34,16 +37,19 @@ pytestmark = [
 F32_LOSS = dict(rtol=2e-5, atol=2e-5)
 F32_GRAD_REL = 1e-4  # times the largest reference gradient entry
 # The public API runs float32 dots in tf32 on GPUs: 11-bit operands put ~|s| * 2^-11 into
-# each logit (|s| <= 1/tau = 10); the interpreter computes tf32 exactly.
-API_LOSS = F32_LOSS if DEVICE.type == "cpu" else dict(rtol=5e-3, atol=5e-3)
-API_GRAD_REL = F32_GRAD_REL if DEVICE.type == "cpu" else 2e-2
+# each logit (|s| <= 1/tau = 10); the interpreter computes tf32 exactly. The GPU numerics
+# tests below hold these on CPU under the tensor cores' rounding.
+TF32_LOSS = dict(rtol=5e-3, atol=5e-3)
+TF32_GRAD_REL = 2e-2
+API_LOSS = F32_LOSS if DEVICE.type == "cpu" else TF32_LOSS
+API_GRAD_REL = F32_GRAD_REL if DEVICE.type == "cpu" else TF32_GRAD_REL
 # Half inputs: the loss is float32 compute on exact products; the gradient comes back in the
 # input dtype, rounded to 2^-8 (bf16) / 2^-11 (fp16) relative.
 HALF_GRAD_REL = {torch.bfloat16: 2**-7, torch.float16: 2**-10}
 # Kernels against the chunked kernels on the same inputs in float64, relative to the largest
-# output entry: float32 dots (ieee) ~1e-6; bf16 p @ b carries p as hi + lo bf16 parts
-# (~16 bits); fp16 p @ b runs in tf32 (11 bits of p) on GPUs.
-KERNEL_REL = {torch.float32: 1e-5, torch.bfloat16: 1e-4, torch.float16: 2e-3}
+# output entry: float32 dots (ieee) ~1e-6; p @ b carries p as hi + lo parts: bf16 (~16
+# bits), tf32 for fp16 (~22 bits).
+KERNEL_REL = {torch.float32: 1e-5, torch.bfloat16: 1e-4, torch.float16: 1e-5}
 
 SHAPES = [  # (N, D, captions): N and D off the tiles, D not a power of two
     (1, 3, 1),
@@ -262,7 +268,29 @@ def test_kernels_wide_d(d):
     _check_weighted_sum(20, 70, d, torch.float32, "u+v", 1)
 
 
-def _check_weighted_sum(na, nb, d, dtype, terms, diag):
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="a GPU runs these tile settings in every test")
+@pytest.mark.parametrize("dtype,precision", [(torch.float32, "tf32"), (torch.float32, "ieee"),
+                                             (torch.bfloat16, "tf32"), (torch.float16, "tf32")])
+@pytest.mark.parametrize("d", [100, 300])
+def test_kernels_with_the_gpu_tile_settings(monkeypatch, dtype, precision, d):
+    # The interpreter normally gets large tiles (it costs ~2 ms per program and loop step);
+    # here the kernels run with the tiles, K chunks and output slices a GPU gets.
+    real = multipos_triton.launch_meta
+
+    def gpu_meta(variant):
+        monkeypatch.setattr(multipos_triton, "_INTERPRET", False)
+        meta = real(variant)
+        monkeypatch.setattr(multipos_triton, "_INTERPRET", True)
+        return {**meta, "UPCAST": True}  # the interpreter's bfloat16 dot needs float32 operands
+
+    monkeypatch.setattr(multipos_triton, "launch_meta", gpu_meta)
+    a, b, scale = _kernel_inputs(40, 45, d, dtype)
+    got = TRITON.lse(a, b, scale, 3, precision)
+    assert_close(got, CHUNKED.lse(*_f64(a, b, scale), 3, "ieee"), rtol=1e-6, atol=1e-5, name="lse")
+    _check_weighted_sum(40, 45, d, dtype, "u+v", 3, precision)
+
+
+def _check_weighted_sum(na, nb, d, dtype, terms, diag, precision="ieee"):
     a, b, scale = _kernel_inputs(na, nb, d, dtype)
     back = None if diag is None else -diag
     u = v = lse_a = lse_b = None
@@ -272,10 +300,29 @@ def _check_weighted_sum(na, nb, d, dtype, terms, diag):
     if "v" in terms:
         v, lse_b = torch.rand(nb, device=DEVICE), TRITON.lse(b, a, scale, back, "ieee")
         lse_b[1::3] = float("inf")
-    got = TRITON.weighted_sum(a, b, u, lse_a, v, lse_b, scale, diag, "ieee")
+    got = TRITON.weighted_sum(a, b, u, lse_a, v, lse_b, scale, diag, precision)
     want = CHUNKED.weighted_sum(*_f64(a, b, u, lse_a, v, lse_b, scale), diag, "ieee")
     assert got.dtype == torch.float32 and torch.isfinite(got).all()
     assert_close(got, want, rtol=0, atol=KERNEL_REL[dtype] * want.abs().max().item(), name="weighted_sum")
+
+
+# ---- what the launchers compile ------------------------------------------------------------------
+
+def test_every_launch_of_the_public_losses_is_enumerated(monkeypatch):
+    # test_triton_aot compiles public_variants() for sm_80/sm_90: it must hold every kernel
+    # specialisation the public losses launch.
+    launched = []
+    real = multipos_triton.launch_meta
+    monkeypatch.setattr(multipos_triton, "launch_meta", lambda v: launched.append(v) or real(v))
+    labels = (torch.arange(12) // 3).to(DEVICE)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for precision in ("tf32", "ieee"):
+            feats, image_emb, text_emb = (torch.randn(12, 64, dtype=dtype, device=DEVICE, requires_grad=True)
+                                          for _ in range(3))
+            multipos_con_loss(feats, labels, 0.1, backend="triton", precision=precision).backward()
+            multipos_clip_loss(image_emb, text_emb, labels, labels, 10.0, backend="triton",
+                               precision=precision).backward()
+    assert set(launched) == set(multipos_triton.public_variants(widths=(64,)))
 
 
 # ---- torch.compile ---------------------------------------------------------------------------
@@ -302,6 +349,152 @@ def test_con_loss_compiles_without_graph_breaks():
     eager_loss, eager_grad = _loss_and_grad(feats, labels, 0.1)
     assert_close(loss, eager_loss, **F32_LOSS, name="loss")
     _assert_grad(grad, eager_grad, F32_GRAD_REL)
+
+
+# ---- GPU numerics, emulated on CPU ------------------------------------------------------------
+# The interpreter ignores input_precision and upcasts bfloat16 dots, so the tests above never
+# see the tensor cores' rounding. GpuRoundedKernels computes what the kernels compute on a GPU
+# (in torch, row block by row block): float32 operands of every tl.dot rounded to tf32
+# (10-bit mantissa), bfloat16 / float16 operands exact (their products are exact in float32),
+# float32 accumulation, p as hi + lo parts (bfloat16 parts; tf32 parts for float16). Run
+# through the real fused Function, the loss and gradient must meet the tolerances the GPU
+# tests state, at StableRep's batch (N = 8192, 6 images per caption, D = 256).
+
+
+def _tf32(x: torch.Tensor, rounding: str) -> torch.Tensor:
+    """float32 -> the nearest tf32 (ties to even), or truncated (the low 13 bits dropped)."""
+    bits = x.contiguous().view(torch.int32)
+    if rounding == "nearest":
+        bits = bits + 0xFFF + ((bits >> 13) & 1)
+    return (bits & -0x2000).view(torch.float32)
+
+
+@dataclass(frozen=True)
+class GpuRoundedKernels:
+    """The two kernels of multipos_triton with the GPU's operand rounding (see above).
+
+    ``rounding``: how float32 becomes tf32, "nearest" or "truncate" (a tensor core reading
+    float32 bits as tf32 ignores the low 13 bits; Triton's PTX has no conversion before the
+    tf32 mma / wgmma)."""
+
+    rounding: str = "nearest"
+    block: int = 1024
+
+    def backend(self) -> Backend:
+        return Backend(f"gpu-rounded-{self.rounding}", "the Triton kernels' GPU arithmetic, emulated", self.lse,
+                       self.weighted_sum, half_inputs=True, precisions=("tf32", "ieee"))
+
+    def _exact_or_tf32(self, x: torch.Tensor, tf32: bool) -> torch.Tensor:
+        return _tf32(x.float(), self.rounding) if tf32 else x.float()
+
+    def _scores(self, a, b, scale, precision):
+        tf32 = a.dtype == torch.float32 and precision == "tf32"
+        return (self._exact_or_tf32(a, tf32) @ self._exact_or_tf32(b, tf32).T) * scale.float()
+
+    def _p_at_b(self, p, b, precision):
+        if b.dtype == torch.bfloat16:
+            hi = p.to(torch.bfloat16).float()
+            return hi @ b.float() + (p - hi).to(torch.bfloat16).float() @ b.float()
+        if b.dtype == torch.float16:  # b exact in tf32; hi = p's leading tf32 bits, lo = the rest
+            hi = _tf32(p, "truncate")
+            return hi @ b.float() + _tf32(p - hi, self.rounding) @ b.float()
+        tf32 = precision == "tf32"
+        return self._exact_or_tf32(p, tf32) @ self._exact_or_tf32(b, tf32)
+
+    def _excluded(self, i0, rows, nb, diag):
+        own = torch.zeros(rows, nb, dtype=torch.bool)
+        if diag is not None:
+            i = torch.arange(rows)
+            keep = (i0 + i + diag >= 0) & (i0 + i + diag < nb)
+            own[i[keep], i0 + i[keep] + diag] = True
+        return own
+
+    def lse(self, a, b, scale, diag, precision):
+        out = []
+        for i0 in range(0, a.shape[0], self.block):
+            s = self._scores(a[i0 : i0 + self.block], b, scale, precision)
+            out.append(torch.logsumexp(s.masked_fill(self._excluded(i0, s.shape[0], b.shape[0], diag), -torch.inf), 1))
+        return torch.cat(out)
+
+    def weighted_sum(self, a, b, u, lse_a, v, lse_b, scale, diag, precision):
+        out = []
+        for i0 in range(0, a.shape[0], self.block):
+            rows = slice(i0, i0 + self.block)
+            s = self._scores(a[rows], b, scale, precision)
+            p = torch.zeros_like(s)
+            if u is not None:
+                p += u[rows, None] * torch.exp(s - lse_a[rows, None])
+            if v is not None:
+                p += v[None, :] * torch.exp(s - lse_b[None, :])
+            out.append(self._p_at_b(p.masked_fill(self._excluded(i0, s.shape[0], b.shape[0], diag), 0.0), b, precision))
+        return torch.cat(out)
+
+
+@lru_cache(maxsize=2)
+def _caption_batch(n, d, half):
+    """Unit rows of StableRep's batch shape: 6 images per caption, each near its caption's
+    centre (cosine ~0.8 within a caption), as a trained encoder's features. ``half``: values
+    exact in both bfloat16 and float16 (bfloat16-rounded, magnitudes below 2^-14 zeroed), so
+    the two share one float64 reference."""
+    g = torch.Generator().manual_seed(n)
+    labels = torch.arange(n) // 6
+    centres = torch.randn(labels[-1] + 1, d, generator=g, dtype=torch.float64)
+    z = F.normalize(centres[labels] + 0.5 * torch.randn(n, d, generator=g, dtype=torch.float64), dim=1)
+    if half:
+        z = z.to(torch.bfloat16).double()
+        z[z.abs() < 2**-14] = 0.0
+        assert torch.equal(z.to(torch.float16).double(), z)
+    return z, labels
+
+
+@lru_cache(maxsize=2)
+def _float64_reference(n, d, half, tau):
+    """Loss and gradient of tests/reference.py in float64 on the batch."""
+    z, labels = _caption_batch(n, d, half)
+    z64 = z.double().requires_grad_()
+    loss = reference.multipos_ce_blocks(z64, z64, labels, labels, 1.0 / tau, 0)
+    (grad,) = torch.autograd.grad(loss, z64)
+    return loss.detach(), grad
+
+
+def test_blocked_reference_matches_row_by_row_reference():
+    z, labels = _caption_batch(60, 12, False)
+    z1, z2 = z.clone().requires_grad_(), z.clone().requires_grad_()
+    rows = reference.multipos_ce_rows(z1, z1, labels, labels, 20.0, 0)
+    blocks = reference.multipos_ce_blocks(z2, z2, labels, labels, 20.0, 0, block=16)
+    rows.backward()
+    blocks.backward()
+    assert_close(blocks, rows, rtol=1e-12, atol=1e-12, name="loss")
+    assert_close(z2.grad, z1.grad, rtol=1e-10, atol=1e-12, name="grad")
+
+
+GPU_MODES = {  # name: (input dtype, precision, tf32 rounding, loss tolerance, gradient tolerance)
+    "tf32": (torch.float32, "tf32", "nearest", TF32_LOSS, TF32_GRAD_REL),
+    "tf32-truncated": (torch.float32, "tf32", "truncate", TF32_LOSS, TF32_GRAD_REL),
+    "ieee": (torch.float32, "ieee", "nearest", F32_LOSS, F32_GRAD_REL),
+    "bf16": (torch.bfloat16, "tf32", "nearest", F32_LOSS, HALF_GRAD_REL[torch.bfloat16]),
+    "fp16": (torch.float16, "tf32", "nearest", F32_LOSS, HALF_GRAD_REL[torch.float16]),
+}
+
+
+# Every mode at N = 2048, tau = 0.1; the tensor-core modes at StableRep's N = 8192 and the
+# sharper tau = 0.05 (~1 min on 2 cores: two float64 references, four emulations).
+GPU_CASES = [(2048, 0.1, mode) for mode in GPU_MODES] + [(8192, 0.05, mode) for mode in GPU_MODES if mode != "ieee"]
+
+
+@pytest.mark.parametrize("n,tau,mode", GPU_CASES)
+def test_gpu_rounding_meets_the_stated_tolerances(n, tau, mode):
+    dtype, precision, rounding, loss_tol, grad_rel = GPU_MODES[mode]
+    half = dtype != torch.float32
+    z, labels = _caption_batch(n, 256, half)
+    z = z.to(dtype).requires_grad_()
+    backend = GpuRoundedKernels(rounding).backend()
+    loss = multipos_ce(backend, z, z, labels, labels, 1.0 / tau, 0, precision=precision)
+    (grad,) = torch.autograd.grad(loss, z)
+    ref_loss, ref_grad = _float64_reference(n, 256, half, tau)
+    assert grad.dtype == dtype
+    assert_close(loss, ref_loss, **loss_tol, name=f"loss ({mode})")
+    _assert_grad(grad, ref_grad, grad_rel, f"grad ({mode})")
 
 
 # ---- GPU: tensor cores, large N, determinism ----------------------------------------------------
