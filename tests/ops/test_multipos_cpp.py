@@ -185,12 +185,12 @@ def test_every_cpu_variant_computes_the_same(variant, dtype, restore_cpu_variant
     _ext.extension().set_cpu_variant(variant)
     assert _ext.build_info()["cpu_variant"] == variant
     a, b, scale = _problem(129, 301, 33, dtype)
-    lse = CPP_KERNELS.lse(a, b, scale, 5)
-    assert_close(lse, REFERENCE.lse(a, b, scale, 5), **TOL[dtype], name=f"lse ({variant})")
+    lse = CPP.lse(a, b, scale, 5, "ieee")
+    assert_close(lse, CHUNKED.lse(a, b, scale, 5, "ieee"), **TOL[dtype], name=f"lse ({variant})")
     u, v = torch.rand(129, dtype=dtype), torch.rand(301, dtype=dtype)
-    lse_b = REFERENCE.lse(b, a, scale, -5)
-    got = CPP_KERNELS.weighted_sum(a, b, u, lse, v, lse_b, scale, 5)
-    want = REFERENCE.weighted_sum(a, b, u, lse, v, lse_b, scale, 5)
+    lse_b = CHUNKED.lse(b, a, scale, -5, "ieee")
+    got = CPP.weighted_sum(a, b, u, lse, v, lse_b, scale, 5, "ieee")
+    want = CHUNKED.weighted_sum(a, b, u, lse, v, lse_b, scale, 5, "ieee")
     assert_close(got, want, **TOL[dtype], name=f"weighted_sum ({variant})")
     x = torch.randn(200_003, dtype=dtype)
     assert _ext.extension().all_finite(x.data_ptr(), x.numel(), _ext.c_dtype(dtype)) is True
