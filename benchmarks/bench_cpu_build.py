@@ -22,7 +22,7 @@ from pathlib import Path
 
 import stablerep_fast
 
-ROUNDS = 5
+ROUNDS = 4
 ROOT = Path(__file__).resolve().parents[1]
 CASE = ["--suite", "loss", "--device", "cpu", "--backends", "cpp", "--sizes", "8192", "--dims", "256",
         "--dtypes", "float32", "--repeats", "3"]
