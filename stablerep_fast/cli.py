@@ -7,12 +7,15 @@ Subcommands are added by the stages that implement them; today: ``bench``, ``gen
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
 from pathlib import Path
 
 import torch
+
+from stablerep_fast.errors import StableRepError
 
 def _csv(kind):
     def parse(text: str) -> list:
@@ -131,18 +134,16 @@ def _add_generate(subparsers) -> None:
 def _run_generate(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from stablerep_fast.generate import GenerateConfig, GenerateError, generate
+    from stablerep_fast.generate import GenerateConfig, generate
 
     config = GenerateConfig(**{f.name: getattr(args, f.name) for f in fields(GenerateConfig)})
     if os.getcwd() not in sys.path:  # --model my_module:MyGenerator finds modules in the current folder
         sys.path.insert(0, os.getcwd())
-    try:
-        summary = generate(config)
-    except GenerateError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    summary = generate(config)
     if summary.duplicates:
         print(f"note: {summary.duplicates} duplicate captions (kept, each with its own index)")
+    if summary.blanks:
+        print(f"note: {summary.blanks} blank or null captions in {config.captions} (skipped)")
     print(
         f"rank {summary.rank}/{summary.world_size}: {summary.images} images of {summary.captions} captions in "
         f"{summary.shards_written} shards, {summary.seconds:.1f} s ({summary.images_per_second:.2f} images/s, "
@@ -186,6 +187,8 @@ def _add_train(subparsers) -> None:
         p.add_argument(flag, dest=name, type=kind, default=None, help=text)
     p.add_argument("--text", action="store_true", default=None, help="StableRep+: add the text tower and image-text loss")
     p.add_argument("--resume", action="store_true", default=None, help="continue from OUT/checkpoint.pt")
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="start over in an OUT that holds a checkpoint (without it or --resume, such an OUT is refused)")
     p.add_argument("--tensorboard", action="store_true", default=None, help="also log to OUT/tensorboard")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=YAML",
@@ -195,35 +198,24 @@ def _add_train(subparsers) -> None:
 
 def _train_config(args: argparse.Namespace):
     """Preset, then the YAML file, then --set, then the flags."""
-    import yaml
-
-    from stablerep_fast.train import ConfigError, TrainConfig, preset
+    from stablerep_fast.train import TrainConfig, preset
+    from stablerep_fast.train.config import parse_override, read_settings
 
     values = preset(args.preset).to_dict()
     if args.config is not None:
-        if not args.config.is_file():
-            raise ConfigError(f"{args.config}: no such file")
-        values.update(yaml.safe_load(args.config.read_text()) or {})  # only the fields the file sets
-    for item in args.overrides:
-        name, sep, text = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set expects FIELD=VALUE, got {item!r}")
-        values[name.strip()] = yaml.safe_load(text)
-    flags = [name for _, name, _, _ in TRAIN_FLAGS] + ["text", "resume", "tensorboard", "progress"]
+        values.update(read_settings(args.config))  # only the fields the file sets
+    values.update(parse_override(item) for item in args.overrides)
+    flags = [name for _, name, _, _ in TRAIN_FLAGS] + ["text", "resume", "overwrite", "tensorboard", "progress"]
     values.update({name: getattr(args, name) for name in flags if getattr(args, name) is not None})
     return TrainConfig.from_dict(values)
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from stablerep_fast.train import ConfigError, train
+    from stablerep_fast.train import train
 
-    try:
-        config = _train_config(args)
-        config.validate()
-        summary = train(config)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    config = _train_config(args)
+    config.validate()
+    summary = train(config)
     print(f"step {summary.step}: {summary.images} images in {summary.seconds:.1f} s "
           f"({summary.images_per_second:.1f} images/s); last loss {summary.losses[-1] if summary.losses else float('nan'):.4f} "
           f"-> {summary.checkpoint}")  # fmt: skip
@@ -256,16 +248,12 @@ def _run_probe(args: argparse.Namespace) -> int:
 
     config = ProbeConfig(method=args.method, sweep=tuple(args.sweep) if args.sweep else None, epochs=args.epochs,
                          batch_size=args.batch_size, knn_k=args.knn_k, seed=args.seed, device=args.device)  # fmt: skip
-    try:
-        encoder, image_size = None, args.image_size
-        if args.checkpoint is not None:
-            model, train_config = load_model(args.checkpoint)
-            encoder, image_size = model.backbone, image_size or train_config.image_size
-        data = load_probe_data(args.data, image_size=image_size or 64, per_class=args.per_class, seed=args.seed)
-        result = evaluate(encoder, data, config, image_size=image_size)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    encoder, image_size = None, args.image_size
+    if args.checkpoint is not None:
+        model, train_config = load_model(args.checkpoint)
+        encoder, image_size = model.backbone, image_size or train_config.image_size
+    data = load_probe_data(args.data, image_size=image_size or 64, per_class=args.per_class, seed=args.seed)
+    result = evaluate(encoder, data, config, image_size=image_size)
     print(json.dumps(result))
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=1))
@@ -332,9 +320,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``stablerep-fast`` console script."""
+    """Entry point of the ``stablerep-fast`` console script. A problem with the user's input or
+    environment is one line on stderr (what, where, what to do) and exit code 2."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (StableRepError, ValueError) as exc:
+        message = str(exc)
+    except OSError as exc:  # the library's own (a message, no errno) or the system's
+        message = str(exc) if exc.errno is None else describe_os_error(exc)
+    print("error: " + " ".join(message.split()), file=sys.stderr)
+    return 2
+
+
+# What to do about an operating-system error, by errno.
+OS_ERROR_ADVICE = {
+    errno.ENOSPC: "free some space or write elsewhere; re-running resumes",
+    errno.EDQUOT: "free some space or write elsewhere; re-running resumes",
+    errno.EACCES: "check its permissions or write elsewhere",
+    errno.EPERM: "check its permissions or write elsewhere",
+    errno.EROFS: "the file system is read-only: write elsewhere",
+    errno.EEXIST: "a file stands where a folder is needed: choose another path",
+    errno.ENOTDIR: "a file stands where a folder is needed: choose another path",
+    errno.EISDIR: "a folder stands where a file is needed: choose another path",
+}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an OSError: what failed, on which path, what to do."""
+    what = exc.strerror or str(exc)
+    where = f": {exc.filename}" if exc.filename else ""
+    advice = OS_ERROR_ADVICE.get(exc.errno, "check the path")
+    return f"{what}{where}; {advice}"
 
 
 if __name__ == "__main__":

@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from stablerep_fast import shards as fmt
+from stablerep_fast.errors import DataError
 
 log = logging.getLogger("stablerep_fast.data")
 
 
-class ShardError(RuntimeError):
+class ShardError(DataError):
     """A shard that cannot be read (truncated, unreadable index); the message names its path."""
 
 

@@ -51,6 +51,7 @@ def evaluate(encoder: nn.Module | None, data: ProbeData, config: ProbeConfig, *,
         "train_size": len(train.y),
         "test_size": len(test.y),
         "feature_dim": int(train.x.shape[1]),
+        "skipped_images": len(data.skipped),  # unreadable image files left out (named in the log)
     }
 
 

@@ -6,12 +6,17 @@ or features (float [N, D]) already computed, with int64 labels.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+from stablerep_fast.errors import DataError
+
+log = logging.getLogger("stablerep_fast.eval")
 
 TRAIN_DIRS, TEST_DIRS = ("train",), ("val", "test")
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -32,6 +37,43 @@ class ProbeData:
     train: Split
     test: Split
     class_names: tuple[str, ...]
+    skipped: list[str] = field(default_factory=list)  # unreadable image files, left out
+
+
+def check_labels(y, where: str) -> np.ndarray:
+    """int64 class labels from ``y`` [N]; DataError naming ``where`` unless they are whole numbers >= 0."""
+    y = np.asarray(y)
+    numeric = np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)
+    if y.ndim != 1 or not numeric:
+        raise DataError(f"{where}: labels must be a 1-d array of class numbers, got {y.dtype} {list(y.shape)}")
+    if np.issubdtype(y.dtype, np.floating):
+        bad = ~(np.isfinite(y) & (y == np.round(y)))
+        if bad.any():
+            raise DataError(f"{where}: {int(bad.sum())} labels are not whole numbers (e.g. {y[bad][0]}); "
+                            "labels must be class numbers 0..C-1")  # fmt: skip
+    if len(y) and y.min() < 0:
+        raise DataError(f"{where}: negative labels (e.g. {y.min()}); labels must be class numbers 0..C-1")
+    return y.astype(np.int64)
+
+
+def check_splits(train_x, train_y, test_x, test_y, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """The int64 labels of a train and a test split, after checking (DataError naming ``where``)
+    that each split is non-empty with one label per row, features are finite and both splits
+    have the same feature width."""
+    labels = []
+    for name, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
+        y = check_labels(y, f"{where} ({name} labels)")
+        if len(x) == 0 or len(x) != len(y):
+            raise DataError(f"{where}: the {name} split has {len(x)} rows and {len(y)} labels; it needs one label per row, "
+                            "and at least one row")  # fmt: skip
+        if np.asarray(x).ndim == 2 and not np.isfinite(np.asarray(x)).all():
+            rows = int((~np.isfinite(np.asarray(x))).any(axis=1).sum())
+            raise DataError(f"{where}: {rows} {name} feature rows hold NaN or inf; fix or drop them")
+        labels.append(y)
+    if np.asarray(train_x).shape[1:] != np.asarray(test_x).shape[1:]:
+        raise DataError(f"{where}: train rows are {list(np.shape(train_x)[1:])} but test rows {list(np.shape(test_x)[1:])}; "
+                        "both splits need the same feature width (or image shape)")  # fmt: skip
+    return labels[0], labels[1]
 
     def validation_split(self, fraction: float = 0.2, seed: int = 0) -> ProbeData:
         """The training split alone, cut (stratified) into a smaller training split and, in place
@@ -68,20 +110,24 @@ def _shapes(label: str, image_size: int, per_class: int, seed: int) -> ProbeData
 
 
 def _npz(path: Path) -> ProbeData:
-    arrays = np.load(path)
+    try:
+        arrays = dict(np.load(path, allow_pickle=False))
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path} is not a readable .npz ({' '.join(str(exc).split())}); expected arrays {list(NPZ_KEYS)}") from None
     missing = [k for k in NPZ_KEYS if k not in arrays]
     if missing:
-        raise ValueError(f"{path}: missing arrays {missing}; expected {list(NPZ_KEYS)}")
-    splits = []
-    for x_key, y_key in (("x_train", "y_train"), ("x_test", "y_test")):
-        x, y = arrays[x_key], arrays[y_key].astype(np.int64)
+        raise DataError(f"{path}: missing arrays {missing}; expected {list(NPZ_KEYS)}")
+    xs = []
+    for x_key in ("x_train", "x_test"):
+        x = arrays[x_key]
         if x.ndim == 4 and x.shape[1] == 3 and x.shape[-1] != 3:
             x = x.transpose(0, 2, 3, 1)  # NCHW -> NHWC
-        if x.ndim not in (2, 4) or len(x) != len(y):
-            raise ValueError(f"{path}: {x_key} must be [N, D] features or [N, H, W, 3] images matching {y_key}")
-        splits.append(Split(x if x.ndim == 2 else x.astype(np.uint8), y))
-    names = tuple(str(c) for c in range(int(max(splits[0].y.max(), splits[1].y.max())) + 1))
-    return ProbeData(*splits, names)
+        if x.ndim not in (2, 4):
+            raise DataError(f"{path}: {x_key} must be [N, D] features or [N, H, W, 3] images, got shape {list(x.shape)}")
+        xs.append(x if x.ndim == 2 else x.astype(np.uint8))
+    train_y, test_y = check_splits(xs[0], arrays["y_train"], xs[1], arrays["y_test"], str(path))
+    names = tuple(str(c) for c in range(int(max(train_y.max(), test_y.max())) + 1))
+    return ProbeData(Split(xs[0], train_y), Split(xs[1], test_y), names)
 
 
 def _image_folder(root: Path, image_size: int) -> ProbeData:
@@ -94,13 +140,25 @@ def _image_folder(root: Path, image_size: int) -> ProbeData:
         raise FileNotFoundError(f"{root}: an ImageFolder probe set needs train/ and val/ (or test/) subfolders")
     resize = T.Compose([T.Resize(image_size, antialias=True), T.CenterCrop(image_size)])
 
+    skipped: list[str] = []
+
     def load(folder: Path) -> tuple[Split, list[str]]:
-        dataset = ImageFolder(str(folder), loader=lambda p: Image.open(p).convert("RGB"))
-        images = [resize(T.functional.pil_to_tensor(dataset.loader(p))).permute(1, 2, 0) for p, _ in dataset.samples]
-        return Split(torch.stack(images).numpy(), np.array(dataset.targets, dtype=np.int64)), dataset.classes
+        dataset = ImageFolder(str(folder))
+        images, labels = [], []
+        for path, label in dataset.samples:
+            try:
+                with Image.open(path) as image:
+                    images.append(resize(T.functional.pil_to_tensor(image.convert("RGB"))).permute(1, 2, 0))
+                labels.append(label)
+            except (OSError, UnidentifiedImageError, SyntaxError) as exc:  # PIL raises SyntaxError for some damage
+                log.warning("skipping unreadable image %s (%s)", path, exc)
+                skipped.append(path)
+        if not images:
+            raise DataError(f"{folder}: no readable image; an ImageFolder needs one subfolder of images per class")
+        return Split(torch.stack(images).numpy(), np.array(labels, dtype=np.int64)), dataset.classes
 
     train, classes = load(train_dir)
     test, test_classes = load(test_dir)
     if test_classes != classes:
-        raise ValueError(f"{root}: train and test folders have different classes")
-    return ProbeData(train, test, tuple(classes))
+        raise DataError(f"{root}: train and test folders have different classes")
+    return ProbeData(train, test, tuple(classes), skipped)

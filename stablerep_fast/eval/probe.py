@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stablerep_fast.eval.data import check_splits
+
 SGD_LRS = (0.01, 0.03, 0.1, 0.3, 1.0)
 LBFGS_L2 = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
 METHODS = ("lbfgs", "sgd")
@@ -42,6 +44,7 @@ def linear_probe(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    train_y, test_y = check_splits(train_x, train_y, test_x, test_y, "linear_probe")
     classes = int(max(train_y.max(), test_y.max())) + 1
     fit: Callable[[torch.Tensor, torch.Tensor, float], Callable[[torch.Tensor], torch.Tensor]]
     if method == "sgd":
@@ -63,6 +66,7 @@ def knn_accuracy(
     temperature: float = 0.07,
 ) -> float:  # fmt: skip
     """Weighted kNN on cosine similarity: the k nearest training points vote exp(sim / T)."""
+    train_y, test_y = check_splits(train_x, train_y, test_x, test_y, "knn_accuracy")
     train = F.normalize(torch.as_tensor(train_x, dtype=torch.float32), dim=1)
     test = F.normalize(torch.as_tensor(test_x, dtype=torch.float32), dim=1)
     labels = torch.as_tensor(train_y, dtype=torch.int64)

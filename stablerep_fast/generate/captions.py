@@ -1,6 +1,6 @@
 """Caption files: .txt (one per line), .csv/.tsv and .parquet (a caption column), .jsonl.
 
-Blank captions are skipped and duplicates are kept but counted; a caption's index is its
+Blank and null captions are skipped and counted, duplicates are kept and counted; a caption's index is its
 position after the blanks are removed. That index names the sample, seeds its noise and is
 the label the loader gives its images.
 """
@@ -25,6 +25,7 @@ SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl", ".parquet")
 class Captions:
     texts: list[str]
     duplicates: int  # captions equal to an earlier one (kept, each with its own index)
+    blanks: int  # blank or null entries of the file, skipped
     sha256: str  # of the captions themselves, so a moved or re-encoded file still matches
 
     def __len__(self) -> int:
@@ -50,7 +51,7 @@ def read_captions(path: str | Path, column: str | None = None) -> Captions:
         raise GenerateError(f"captions file {path} holds no caption")
     duplicates = sum(count - 1 for count in Counter(texts).values())
     sha256 = hashlib.sha256("\n".join(texts).encode()).hexdigest()
-    return Captions(texts, duplicates, sha256)
+    return Captions(texts, duplicates, len(raw) - len(texts), sha256)
 
 
 def _pick_column(names: list[str], column: str | None, path: Path) -> str:
@@ -79,10 +80,13 @@ def _read_table(path: Path, column: str | None) -> list[str]:
 
 def _read_jsonl(path: Path, column: str | None) -> list[str]:
     texts = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
-        record = json.loads(line)
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise GenerateError(f"captions file {path}, line {number}: not JSON ({exc.msg}, column {exc.colno})") from None
         texts.append(record[_pick_column(list(record), column, path)] if isinstance(record, dict) else record)
     return texts
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from stablerep_fast.errors import StableRepError
 from stablerep_fast.generate.seeds import VIEWS
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ DATASET_FIELDS = (
 )
 
 
-class GenerateError(Exception):
+class GenerateError(StableRepError):
     """A problem with the user's input or environment, reported as one line (no traceback)."""
 
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 import torch
 
+from stablerep_fast.errors import env_int
 from stablerep_fast.generate.config import GenerateError
 
 # (world size, rank, local rank) variables, in the order they are looked for.
@@ -26,7 +27,7 @@ def farm_from_env(env: Mapping[str, str] | None = None) -> tuple[int, int, int]:
     env = os.environ if env is None else env
     for world, rank, local in LAUNCHERS:
         if world in env and rank in env:
-            return int(env[world]), int(env[rank]), int(env.get(local, 0))
+            return env_int(world, 1, env), env_int(rank, 0, env), env_int(local, 0, env)
     return 1, 0, 0
 
 

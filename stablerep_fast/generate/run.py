@@ -39,6 +39,7 @@ class GenerateSummary:
     images: int
     seconds: float
     duplicates: int  # captions equal to an earlier one in the file
+    blanks: int = 0  # blank or null entries of the file, skipped
 
     @property
     def images_per_second(self) -> float:
@@ -222,4 +223,5 @@ def generate(config: GenerateConfig) -> GenerateSummary:
         images=todo_captions * config.images_per_caption,
         seconds=time.perf_counter() - started,
         duplicates=captions.duplicates,
+        blanks=captions.blanks,
     )

@@ -13,10 +13,12 @@ import numpy as np
 import torch
 
 from stablerep_fast.atomic import AtomicFile
+from stablerep_fast.errors import CheckpointError
 from stablerep_fast.train.config import TrainConfig
 from stablerep_fast.train.model import StableRepModel, build_model
 
 CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_KEYS = ("model", "config", "step")  # what every checkpoint of ``train`` holds (see loop.py)
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -26,8 +28,22 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """A checkpoint's state dict, on the CPU."""
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """A checkpoint's state dict, on the CPU; CheckpointError naming the file when it is
+    missing, damaged or not a checkpoint of this package."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch.load raises many kinds for a damaged file
+        raise CheckpointError(
+            f"checkpoint {path} is damaged or not a torch checkpoint ({type(exc).__name__}); "
+            "restore it from a copy, or start over with --overwrite"
+        ) from None
+    missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is not a stablerep_fast training checkpoint (no {missing})")
+    return state
 
 
 def rng_states() -> dict:
@@ -50,5 +66,14 @@ def load_model(path: str | Path) -> tuple[StableRepModel, TrainConfig]:
     state = load_checkpoint(path)
     config = TrainConfig.from_dict(state["config"])
     model = build_model(config)
-    model.load_state_dict(state["model"])
+    load_weights(model, state["model"], path)
     return model.eval(), config
+
+
+def load_weights(model: StableRepModel, weights: dict, path: str | Path) -> None:
+    """``model.load_state_dict(weights)``; CheckpointError naming ``path`` when they do not fit."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        raise CheckpointError(f"checkpoint {path}: its weights do not fit the model ({first})") from None

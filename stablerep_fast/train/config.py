@@ -7,19 +7,18 @@
 from __future__ import annotations
 
 import copy
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import yaml
 
 from stablerep_fast.data.augment import Augment
+from stablerep_fast.errors import ConfigError
 
 PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 autocast on GPU, fp32 on CPU
 REFERENCE_BATCH = 256  # lr = base_lr * global images per step / REFERENCE_BATCH
-
-
-class ConfigError(ValueError):
-    """A bad setting, reported as one line."""
 
 
 @dataclass
@@ -64,6 +63,7 @@ class TrainConfig:
     tensorboard: bool = False
     progress: bool = True
     resume: bool = False  # continue from out/checkpoint.pt when it exists
+    overwrite: bool = False  # start over in an out folder that holds a checkpoint (else refused)
     stop_at: int | None = None  # stop after this step (a job's time slice); the schedule still spans ``steps``
 
     def __post_init__(self):
@@ -96,6 +96,7 @@ class TrainConfig:
             (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}"),
             (self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be >= 1"),
             (self.stop_at is None or self.stop_at >= 1, f"stop_at must be >= 1, got {self.stop_at}"),
+            (not (self.resume and self.overwrite), "resume and overwrite exclude each other: pick one"),
         ]
         for ok, message in checks:
             if not ok:
@@ -107,10 +108,16 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
+        """A config from plain values (YAML, a checkpoint); ConfigError for an unknown setting or
+        a value of the wrong type."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"unknown setting(s) {unknown}")
+            raise ConfigError(f"unknown setting(s) {unknown}; see TrainConfig for the fields")
+        hints = typing.get_type_hints(cls)
+        for name, value in values.items():
+            if not _fits(value, hints[name]):
+                raise ConfigError(f"setting {name} must be {_type_name(hints[name])}, got {value!r}; fix its value")
         values = dict(values)
         if "betas" in values:
             values["betas"] = tuple(values["betas"])
@@ -121,10 +128,59 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
-        values = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping of settings")
-        return cls.from_dict(values)
+        return cls.from_dict(read_settings(path))
+
+
+def read_settings(path: str | Path) -> dict:
+    """The settings a YAML config file holds (a mapping of TrainConfig fields); ConfigError
+    naming the file when it is missing, not YAML or not a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path}: no such file")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid YAML ({_one_line(exc)}); fix the file") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} holds a {type(values).__name__}, not a mapping of settings (FIELD: VALUE)")
+    return values
+
+
+def parse_override(item: str) -> tuple[str, object]:
+    """``FIELD=YAML`` (a ``--set`` override) -> (field, value); ConfigError naming the item."""
+    name, sep, text = item.partition("=")
+    if not sep or not name.strip():
+        raise ConfigError(f"--set expects FIELD=VALUE, got {item!r}")
+    try:
+        return name.strip(), yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML ({_one_line(exc)})") from None
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
+def _fits(value, kind) -> bool:
+    """Whether ``value`` (as YAML reads it) fits the field type ``kind``."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (types.UnionType, typing.Union):
+        return any(_fits(value, arg) for arg in args)
+    if kind is type(None):
+        return value is None
+    if kind in (int, float):  # an int fits a float field; a bool is neither
+        return isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)) or (origin is tuple and len(value) != len(args)):
+            return False
+        return all(_fits(v, args[0]) for v in value)
+    return isinstance(value, origin or kind)
+
+
+def _type_name(kind) -> str:
+    return getattr(kind, "__name__", None) if typing.get_origin(kind) is None else str(kind).replace("typing.", "")
 
 
 PRESETS: dict[str, TrainConfig] = {

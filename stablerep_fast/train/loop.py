@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
+import logging
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Protocol
 
@@ -16,14 +16,31 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from stablerep_fast.errors import CheckpointError, OutputError, env_int
 from stablerep_fast.ops import multipos_clip_loss, multipos_con_loss
-from stablerep_fast.train.checkpoint import CHECKPOINT, load_checkpoint, rng_states, save_checkpoint, set_rng_states
+from stablerep_fast.train.checkpoint import (
+    CHECKPOINT,
+    load_checkpoint,
+    load_weights,
+    rng_states,
+    save_checkpoint,
+    set_rng_states,
+)
 from stablerep_fast.train.config import ConfigError, TrainConfig
 from stablerep_fast.train.model import StableRepModel, Tokenizer, build_model
 from stablerep_fast.train.optim import build_optimizer, build_scheduler
 
 LOG_FILE = "log.jsonl"
 CONFIG_FILE = "config.yaml"
+# Settings a resumed run must share with its checkpoint: the model's shape, and the batch
+# shape that the loader position and the loss depend on.
+RESUME_FIXED = ("model", "model_kwargs", "head_hidden", "head_dim", "text", "text_width", "text_layers", "text_heads",
+                "context_length", "embed_dim", "captions_per_batch", "images_per_caption")  # fmt: skip
+# Settings that do not change what is computed: free to differ on resume, without a warning.
+RESUME_FREE = ("out", "resume", "overwrite", "stop_at", "progress", "log_every", "checkpoint_every", "tensorboard",
+               "device", "num_workers", "loss_backend")  # fmt: skip
+
+log = logging.getLogger("stablerep_fast.train")
 
 
 class Loader(Protocol):
@@ -69,16 +86,14 @@ def train(config: TrainConfig, loader: Loader | None = None, captions=None) -> T
     loader:   this rank's batches; None builds one from ``config.data`` (stablerep_fast.data).
     captions: caption text by caption id, for the text tower; None reads them from the shards.
     """
-    # 1. Processes, device, seeds.
+    # 1. Processes, device, seeds; the run folder and the run it may hold, checked before anything is written.
     owns_group = _init_distributed()
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     config.validate(world)
     device = _device(config)
-    torch.manual_seed(config.seed)  # the same initial weights on every rank
     out = Path(config.out)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        config.save(out / CONFIG_FILE)
+    state = previous_run(config)  # None: start at step 0
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
 
     # 2. Data, model, optimizer, schedule.
     loader = loader if loader is not None else _build_loader(config, device, rank, world)
@@ -90,16 +105,18 @@ def train(config: TrainConfig, loader: Loader | None = None, captions=None) -> T
     scheduler = build_scheduler(optimizer, config)
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
 
-    # 3. Resume.
+    # 3. Resume; only now, with every input read, is the run folder written.
     step = 0
-    if config.resume and (out / CHECKPOINT).exists():
-        state = load_checkpoint(out / CHECKPOINT)
-        model.load_state_dict(state["model"])
+    if state is not None:
+        load_weights(model, state["model"], out / CHECKPOINT)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         loader.load_state_dict(state["loader"])
         set_rng_states(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
         step = state["step"]
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        config.save(out / CONFIG_FILE)
 
     # 4. The loop.
     last = min(config.steps, config.stop_at or config.steps)
@@ -136,6 +153,43 @@ def train(config: TrainConfig, loader: Loader | None = None, captions=None) -> T
                         out / CHECKPOINT if (out / CHECKPOINT).exists() else None)  # fmt: skip
 
 
+def previous_run(config: TrainConfig) -> dict | None:
+    """The checkpoint ``train(config)`` continues from, or None to start at step 0.
+
+    A run folder holding a checkpoint is refused unless ``config.resume`` (continue it) or
+    ``config.overwrite`` (start over) says what to do with it; a checkpoint whose model or
+    batch shape differs from ``config`` is refused, and other changed settings are warned
+    about (the run goes on, but is no longer an exact continuation)."""
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"run folder {out} is a file; choose a folder for --out")
+    path = out / CHECKPOINT
+    if not path.exists():
+        return None
+    if not config.resume:
+        if config.overwrite:
+            return None
+        raise OutputError(
+            f"{out} holds a checkpoint of an earlier run: pass --resume to continue it, --overwrite to start "
+            "over (the checkpoint is replaced), or another --out"
+        )
+    state = load_checkpoint(path)
+    saved = TrainConfig.from_dict(state["config"])
+    changed = [name for name in RESUME_FIXED if getattr(saved, name) != getattr(config, name)]
+    if changed:
+        diff = ", ".join(f"{name} {getattr(config, name)!r} (checkpoint: {getattr(saved, name)!r})" for name in changed)
+        raise CheckpointError(
+            f"cannot resume {path} with {diff}: the model or batch would differ; use the checkpoint's values, "
+            "or --overwrite / another --out to start over"
+        )
+    changed = [f.name for f in fields(TrainConfig) if f.name not in RESUME_FREE
+               and getattr(saved, f.name) != getattr(config, f.name)]  # fmt: skip
+    if changed:
+        log.warning("resuming %s with changed %s: the run goes on, but is no longer an exact continuation",
+                    path, ", ".join(f"{n} ({getattr(saved, n)!r} -> {getattr(config, n)!r})" for n in changed))  # fmt: skip
+    return state
+
+
 def _loss(outputs: dict, labels: torch.Tensor, n: int, config: TrainConfig) -> dict:
     image_loss = multipos_con_loss(outputs["feats"], labels, config.temperature, backend=config.loss_backend)
     if "text_emb" not in outputs:
@@ -154,10 +208,11 @@ def _forever(loader: Iterable) -> Iterator:
 
 def _init_distributed() -> bool:
     """Join torchrun's process group (NCCL on GPU, gloo on CPU) unless one exists; True if created here."""
-    if dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    world, _, local_rank = (env_int(name, default) for name, default in (("WORLD_SIZE", 1), ("RANK", 0), ("LOCAL_RANK", 0)))
+    if dist.is_initialized() or world <= 1:
         return False
     if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(local_rank)
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return True
 
@@ -203,7 +258,7 @@ class _Logger:
 
     def __init__(self, out: Path, config: TrainConfig, rank: int, *, start: int, total: int):
         self.every = config.log_every
-        self.file = open(out / LOG_FILE, "a")
+        self.file = open(out / LOG_FILE, "a" if start else "w")  # a new run (or --overwrite) starts a new log
         self.bar = tqdm(total=total, initial=start, unit="step", disable=not config.progress, dynamic_ncols=True)
         self.tb = None
         if config.tensorboard:

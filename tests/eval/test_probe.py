@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from stablerep_fast.errors import DataError
 from stablerep_fast.eval import ProbeConfig, evaluate, extract_features, knn_accuracy, linear_probe, load_probe_data
 
 
@@ -46,18 +47,23 @@ def test_evaluate_a_features_npz(tmp_path):
     assert result["probe_acc"] >= 0.95 and result["knn_acc"] >= 0.95 and result["feature_dim"] == 32
 
 
-def test_evaluate_images_through_an_encoder(tmp_path):
-    """Colour-coded classes in an ImageFolder tree; a mean-colour encoder separates them."""
+def _colour_tree(root):
+    """Colour-coded classes in an ImageFolder tree: 8 train and 4 val images per class."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
     colours = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
     for split, count in (("train", 8), ("val", 4)):
         for name, colour in colours.items():
-            (tmp_path / split / name).mkdir(parents=True)
+            (root / split / name).mkdir(parents=True)
             for i in range(count):
                 pixels = np.clip(np.array(colour) + rng.normal(0, 20, (20, 24, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(tmp_path / split / name / f"{i}.png")
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+
+
+def test_evaluate_images_through_an_encoder(tmp_path):
+    """A mean-colour encoder separates the colour-coded classes."""
+    _colour_tree(tmp_path)
     data = load_probe_data(str(tmp_path), image_size=16)
     assert data.class_names == ("blue", "green", "red") and data.train.x.shape == (24, 16, 16, 3)
     encoder = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
@@ -74,3 +80,29 @@ def test_shapes_held_out_set_and_bad_sources(tmp_path):
         load_probe_data(str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="method"):
         linear_probe(*_blobs(4), *_blobs(2), method="svm")
+
+
+def test_unreadable_images_of_an_image_folder_are_skipped_counted_and_named(tmp_path, caplog):
+    _colour_tree(tmp_path)
+    truncated = tmp_path / "train" / "red" / "3.png"
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    garbage = tmp_path / "val" / "blue" / "0.png"
+    garbage.write_bytes(b"not an image at all")
+    data = load_probe_data(str(tmp_path), image_size=16)
+    assert sorted(data.skipped) == sorted([str(truncated), str(garbage)])
+    assert len(data.train.y) == 23 and len(data.test.y) == 11
+    assert all(any(p in r.getMessage() for r in caplog.records) for p in data.skipped)
+    encoder = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    assert evaluate(encoder, data, ProbeConfig(knn_k=3), image_size=8)["skipped_images"] == 2
+
+
+@pytest.mark.parametrize("labels, message", [([0, 1.5, 2], "not whole numbers"), ([0, -1, 2], "negative"),
+                                             ([0, np.nan, 2], "not whole numbers")])  # fmt: skip
+def test_probe_refuses_labels_that_are_not_class_numbers(labels, message):
+    """0.5 must not silently become class 0."""
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    with pytest.raises(DataError, match=message):
+        linear_probe(x, np.array(labels), x, np.array([0, 1, 2]))
+    with pytest.raises(DataError, match=message):
+        knn_accuracy(x, np.array([0, 1, 2]), x, np.array(labels))
+    assert linear_probe(x, np.array([0.0, 1.0, 2.0]), x, np.array([0, 1, 2]), sweep=(1e-2,)).accuracy == 1.0

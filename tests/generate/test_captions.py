@@ -27,6 +27,7 @@ def test_every_format_gives_the_same_captions(tmp_path):
         assert captions.texts == CLEAN
         assert captions.duplicates == 1
         assert captions.sha256 == results[0].sha256
+    assert [c.blanks for c in results] == [2, 1, 0, 0, 0]  # txt: two blank lines; csv: one empty field
 
 
 def test_jsonl_of_strings_and_named_column(tmp_path):
@@ -43,7 +44,7 @@ def test_jsonl_of_strings_and_named_column(tmp_path):
         ("missing.txt", None, "cannot read"),
         ("c.doc", "x", "unknown type"),
         ("two.csv", "a,b\nx,y\n", "no caption column"),
-        ("bad.jsonl", "{not json\n", "cannot read"),
+        ("bad.jsonl", "{not json\n", "line 1: not JSON"),
         ("bin.txt", b"\xff\xfe\x00", "cannot read"),
     ],
 )
@@ -55,3 +56,18 @@ def test_bad_caption_files(tmp_path, name, content, message):
         path.write_text(content)
     with pytest.raises(GenerateError, match=message):
         read_captions(path)
+
+
+def test_null_and_blank_captions_are_counted(tmp_path):
+    pq.write_table(pa.table({"caption": ["a", None, "b", "  ", None]}), tmp_path / "n.parquet")
+    captions = read_captions(tmp_path / "n.parquet")
+    assert captions.texts == ["a", "b"] and captions.blanks == 3
+    (tmp_path / "n.jsonl").write_text('{"caption": "a"}\n{"caption": null}\n\n{"caption": "b"}\n')
+    assert read_captions(tmp_path / "n.jsonl").blanks == 1
+
+
+def test_a_bad_jsonl_line_is_named(tmp_path):
+    lines = [json.dumps({"caption": c}) for c in "abc"] + ['{"caption": "d",,}']
+    (tmp_path / "c.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(GenerateError, match="c.jsonl, line 4: not JSON"):
+        read_captions(tmp_path / "c.jsonl")

@@ -1,0 +1,46 @@
+"""The package's errors: one hierarchy, so the command line turns any of them into one line.
+
+Library functions raise these for problems with the user's input or environment; each message
+says what is wrong, where (the file, setting or variable) and what to do. ``stablerep-fast``
+prints ``error: <message>`` and exits with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class StableRepError(Exception):
+    """Base of every user-facing error of the package."""
+
+
+class ConfigError(StableRepError, ValueError):
+    """A bad setting: a flag, a config file, a ``--set`` override or an environment variable."""
+
+
+class DataError(StableRepError, ValueError):
+    """Input that cannot be used as it is: a caption file, a dataset, probe data."""
+
+
+class CheckpointError(DataError):
+    """A checkpoint that cannot be read, or that does not fit the run resuming from it."""
+
+
+class OutputError(StableRepError):
+    """An output folder the package refuses to write into (it holds something else)."""
+
+
+class LockError(OutputError):
+    """Another process holds the lock on the files this process was about to write."""
+
+
+def env_int(name: str, default: int, env: dict | None = None) -> int:
+    """The integer environment variable ``name`` (``default`` when unset); ConfigError when it is
+    not an integer (launchers such as torchrun and Slurm set RANK, WORLD_SIZE, ...)."""
+    value = (os.environ if env is None else env).get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={value!r} is not an integer; unset it or fix it") from None
