@@ -193,7 +193,8 @@ def _train_and_probe(config: DemoConfig, run: TrainConfig, probe_sets: dict) -> 
     stops = sorted({max(1, round(run.steps * (i + 1) / config.curve_points)) for i in range(config.curve_points)})
     curve, train_s, probe_s, losses = [], 0.0, 0.0, []
     for stop in stops:
-        summary = train(replace(run, stop_at=stop, resume=stop != stops[0], checkpoint_every=stop))
+        # The first slice starts over (a re-run of the demo trains again); the others resume.
+        summary = train(replace(run, stop_at=stop, resume=stop != stops[0], overwrite=stop == stops[0], checkpoint_every=stop))
         train_s += summary.seconds
         losses += summary.losses
         tick = time.perf_counter()
