@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from stablerep_fast.atomic import atomic_write
 from stablerep_fast.data.augment import Augment
 from stablerep_fast.errors import ConfigError
 
@@ -124,7 +125,8 @@ class TrainConfig:
         return cls(**values)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        """Write the config as YAML (atomically: an interrupted save leaves the old file)."""
+        atomic_write(path, yaml.safe_dump(self.to_dict(), sort_keys=False).encode())
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
