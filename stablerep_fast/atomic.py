@@ -65,9 +65,14 @@ class AtomicFile:
             self.tmp.unlink(missing_ok=True)
 
     def abort(self) -> None:
-        """Close and remove the temporary file; ``path`` is left as it was."""
-        self.file.close()
-        self.tmp.unlink(missing_ok=True)
+        """Close and remove the temporary file; ``path`` is left as it was. The file is removed
+        even when closing fails (a full disk fails the last flush too)."""
+        try:
+            self.file.close()
+        except OSError:
+            pass  # the file is being dropped: only its removal matters
+        finally:
+            self.tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> BinaryIO:
         return self.file

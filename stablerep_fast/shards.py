@@ -5,15 +5,20 @@ A dataset folder (one sample per caption; a sample's key is its caption id, 9 di
 
     dataset.json                 the settings that define the images (K = images_per_caption,
                                  image_format, seed, model, ..., captions_sha256, num_shards)
-    shard-000000.tar             000000042.json  {caption, caption_index, seeds, guidance, ...}
+    shard-000000.tar             000000042.json  {caption, caption_index, seeds, crc32, ...}
                                  000000042.txt   the caption
                                  000000042.0.jpg ... 000000042.{K-1}.jpg
     shard-000000.idx             DALI (wds2idx) index: "v1.2 <samples>", then one line per
                                  sample of "<ext> <data offset> <size> <member name>" groups
-    shard-000000.done.json       written last: {shard, captions, images, bytes, seconds, rank}
+    shard-000000.done.json       written last: {shard, captions, images, bytes, seconds, rank,
+                                 dataset: the settings of dataset.json that define the images}
+    shard-000000.lock            held (``flock``) by the process writing the shard
 
 Every file is published atomically (``stablerep_fast.atomic``); a shard counts as done only
-when its done marker exists and its tar has the size the marker records.
+when its done marker exists and its tar has the size the marker records. A sample's JSON holds
+``crc32``: the CRC-32 of each of its K image files, which readers check before decoding.
+Nothing else in a folder belongs to the package (``is_package_file``), so nothing else is ever
+removed or overwritten.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import zlib
 from pathlib import Path
 
 from stablerep_fast.atomic import atomic_write, is_temp
+from stablerep_fast.errors import DataError
 
 DATASET_FILE = "dataset.json"
 DATASET_VERSION = 1
@@ -31,10 +38,12 @@ SHARD_PREFIX = "shard-"
 TAR_SUFFIX = ".tar"
 INDEX_SUFFIX = ".idx"
 DONE_SUFFIX = ".done.json"  # {"bytes": tar size, counts, seconds}, written after the tar is complete
+LOCK_SUFFIX = ".lock"  # flock'ed by the shard's writer; never removed while a writer may hold it
 SHARD_SUFFIXES = (TAR_SUFFIX, INDEX_SUFFIX, DONE_SUFFIX)
 SHARD_GLOB = f"{SHARD_PREFIX}*{TAR_SUFFIX}"
 INDEX_VERSION = "v1.2"  # wds2idx: "v1.2 SAMPLES", then per sample "EXT OFFSET SIZE NAME" repeated
 KEY_DIGITS = 9
+CHECKSUM_KEY = "crc32"  # in a sample's JSON: [crc32 of image 0, ..., image K-1]
 
 IndexEntry = tuple[str, int, int, str]  # (extension, data offset, size, member name)
 
@@ -70,6 +79,17 @@ def shard_files(folder: str | os.PathLike, shard: int) -> list[Path]:
     return sorted(found)
 
 
+def is_package_file(name: str) -> bool:
+    """Whether a file named ``name`` in a dataset folder is one this package writes:
+    dataset.json, a shard's tar, .idx, done marker or lock, or a temporary file of one of them."""
+    if is_temp(name):
+        name = name.rsplit(".", 2)[0]  # NAME.<pid>-<random>.srf-tmp -> NAME
+    if name == DATASET_FILE:
+        return True
+    match = re.fullmatch(rf"{SHARD_PREFIX}\d{{6,}}(\..+)", name)
+    return match is not None and match.group(1) in (*SHARD_SUFFIXES, LOCK_SUFFIX)
+
+
 # Samples and members.
 def sample_key(caption_id: int) -> str:
     """The key of caption ``caption_id``'s sample: its id, zero-padded to KEY_DIGITS."""
@@ -86,6 +106,11 @@ def caption_id(key: str) -> int:
 def image_ext(k: int, image_format: str) -> str:
     """The member extension of a sample's image ``k``: ``"3.jpg"``."""
     return f"{k}.{image_format}"
+
+
+def image_checksum(data: bytes) -> int:
+    """The checksum recorded for an image file's bytes (CRC-32: about 1 GB/s, catches any burst)."""
+    return zlib.crc32(data)
 
 
 def member_name(key: str, ext: str) -> str:
@@ -131,8 +156,12 @@ def write_done(folder: str | os.PathLike, shard: int, record: dict) -> None:
 
 
 def read_done(path: str | os.PathLike) -> dict:
-    """A done marker's record (``bytes``: the size of its tar)."""
-    return json.loads(Path(path).read_text())
+    """A done marker's record (``bytes``: the size of its tar); ValueError naming the file when
+    it is not one."""
+    record = _read_json(path)
+    if not isinstance(record, dict) or not isinstance(record.get("bytes"), int):
+        raise ValueError(f"{path}: not a done marker (no byte count)")
+    return record
 
 
 def is_done(folder: str | os.PathLike, shard: int) -> bool:
@@ -155,8 +184,23 @@ def is_dataset(folder: str | os.PathLike) -> bool:
 
 
 def read_dataset(folder: str | os.PathLike) -> dict:
-    """``folder/dataset.json``: the generation settings (K = ``images_per_caption``, ``image_format``)."""
+    """``folder/dataset.json``: the generation settings (K = ``images_per_caption``, ``image_format``);
+    DataError naming the file when it is damaged."""
     path = dataset_file(folder)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {folder} a folder written by stablerep_fast.generate?")
-    return json.loads(path.read_text())
+    try:
+        record = _read_json(path)
+    except ValueError as exc:
+        raise DataError(f"{exc}; restore the file, or generate the dataset again into a new folder") from None
+    if not isinstance(record, dict) or not isinstance(record.get("images_per_caption"), int):
+        raise DataError(f"{path} is damaged (no images_per_caption); restore it, or generate again into a new folder")
+    return record
+
+
+def _read_json(path: str | os.PathLike):
+    """The JSON value of a file; ValueError naming the file when it is not JSON."""
+    try:
+        return json.loads(Path(path).read_bytes())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is damaged (not JSON: {' '.join(str(exc).split())[:80]})") from None

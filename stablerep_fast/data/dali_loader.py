@@ -5,14 +5,20 @@ the crop window decoded) and every augmentation runs on the GPU; the batch reach
 DLPack and one device-to-device copy, never through host memory. With ``device="cpu"`` the same
 graph runs CPU-only (``device_id=None``), which is how CI tests it.
 
-Python checks that each image starts and ends like a whole JPEG/PNG before feeding it; damage
-that passes that check (inside the entropy-coded data) is up to DALI's decoder, which either
-decodes it with artefacts or raises for the batch.
+Python checks each image before feeding it (whole JPEG/PNG, recorded CRC-32; see loader.py), so
+damage on disk never reaches the decoder. An image the decoder still refuses (a shard written
+before checksums were recorded, or an encoder's bad file) fails DALI's whole batch: the loader
+then decodes that batch's images on the CPU with PIL, logs and counts the ones that fail, and
+rebuilds the pipeline from that batch without them; if PIL decodes them all, the batch is
+skipped (counted). The rule does not depend on where DALI decodes, so "mixed" (GPU) decoding is
+handled the same way as the CPU decoder.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import deque
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -22,8 +28,12 @@ import torch
 from nvidia.dali import pipeline_def
 
 from stablerep_fast.data.augment import MEAN, STD, Augment
+from stablerep_fast.data.index import Member
 from stablerep_fast.data.loader import GroupLoader, SkipCounts, read_batch
 from stablerep_fast.data.sampler import GroupBatch
+from stablerep_fast.data.torch_loader import decode as cpu_decode
+
+log = logging.getLogger("stablerep_fast.data")
 
 
 def _as_array(data: bytes) -> np.ndarray:
@@ -80,17 +90,41 @@ def _pipeline(source, augment: Augment, size: int, decoder: str):
     )
 
 
+@dataclass
+class _Fed:
+    """A batch read for the pipeline: what comes back with its images, and what went in."""
+
+    step: int
+    labels: np.ndarray
+    counts: SkipCounts
+    members: list[Member]  # empty: no readable caption, nothing fed
+
+
 class DaliLoader(GroupLoader):
-    def _run(self, batches: Iterator[GroupBatch]) -> Iterator[tuple[torch.Tensor, torch.Tensor, SkipCounts]]:
-        # One pipeline per pass: the external source is this pass's generator, and a pass that
-        # stops early leaves no prefetched batches behind for the next one.
-        pending: deque[tuple[np.ndarray, SkipCounts]] = deque()  # fed, not yet returned, in order
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.undecodable: set[Member] = set()  # images DALI's decoder refused, never fed again
+
+    def _run(self, batches: Iterator[GroupBatch]) -> Iterator[tuple[torch.Tensor | None, torch.Tensor, SkipCounts]]:
+        while True:  # one pipeline per pass; a decoder failure rebuilds it from the failing batch
+            restart = yield from self._pass(batches)
+            if restart is None:
+                return
+            batches = self.sampler.batches(restart)
+
+    def _pass(self, batches: Iterator[GroupBatch]):
+        """Run one pipeline over ``batches``; returns None at their end, or the step to rebuild
+        from after a decoder failure (see the module docstring)."""
+        # The external source is this pass's generator, and a pass that stops early leaves no
+        # prefetched batches behind for the next one.
+        pending: deque[_Fed] = deque()  # read, not yet returned, in order
 
         def feed():
             for batch in batches:
-                images, labels, counts = read_batch(self.index, batch, self.sampler.m, _as_array)
-                pending.append((labels, counts))
-                yield images
+                images, labels, counts, members = read_batch(self.index, batch, self.sampler.m, _as_array, self.undecodable)
+                pending.append(_Fed(batch.step, labels, counts, members))
+                if images:
+                    yield images
 
         device_id = None  # a CPU-only pipeline
         if self.device.type == "cuda":
@@ -110,8 +144,38 @@ class DaliLoader(GroupLoader):
             try:
                 (images,) = pipe.run()
             except StopIteration:
-                return
-            labels, counts = pending.popleft()
+                while pending:  # batches skipped whole at the end
+                    yield None, torch.from_numpy(pending[0].labels), pending.popleft().counts
+                return None
+            except RuntimeError as exc:  # DALI's decoder refused an image of the oldest fed batch
+                if not pending:
+                    raise
+                del pipe
+                while not pending[0].members:
+                    yield None, torch.from_numpy(pending[0].labels), pending.popleft().counts
+                failed = pending[0]
+                if self._find_undecodable(failed, exc):
+                    return failed.step
+                failed.counts.skipped_batches += 1
+                yield None, torch.from_numpy(failed.labels), failed.counts
+                return failed.step + 1
+            while not pending[0].members:
+                yield None, torch.from_numpy(pending[0].labels), pending.popleft().counts
+            fed = pending.popleft()
             # DALI reuses its output buffers: copy before the next run (device to device on GPU).
             images = torch.from_dlpack(images.as_tensor()).clone()
-            yield images, torch.from_numpy(labels).to(self.device), counts
+            yield images, torch.from_numpy(fed.labels).to(self.device), fed.counts
+
+    def _find_undecodable(self, failed: _Fed, exc: RuntimeError) -> bool:
+        """Decode the failed batch's images with PIL; the ones that fail join ``undecodable``.
+        False when PIL decodes them all (the batch is then skipped)."""
+        found = [member for member in dict.fromkeys(failed.members) if cpu_decode(member.read()) is None]
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if not found:
+            log.error("DALI failed on batch %d (%s) but every image of it decodes on the CPU; batch skipped",
+                      failed.step, first_line)  # fmt: skip
+            return False
+        for member in found:
+            log.error("DALI cannot decode %s in %s; batch %d is read again without it", member.name, member.path, failed.step)
+        self.undecodable.update(found)
+        return True

@@ -49,10 +49,25 @@ class Caption:
     caption_id: int  # global: the caption's index in the captions file
     images: list[Member]  # pooled over all folders, in folder order then k
     meta: Member  # KEY.json of the first folder
+    image_meta: list[Member] = field(default_factory=list)  # per image, the KEY.json of its sample
 
     def info(self) -> dict:
-        """The generation record ``KEY.json`` (caption text, seeds, ...)."""
-        return json.loads(self.meta.read())
+        """The generation record ``KEY.json`` (caption text, seeds, ...): the first of its
+        folders' records that reads; ShardError when none does."""
+        for meta in dict.fromkeys([self.meta, *self.image_meta]):
+            record = read_record(meta)
+            if record is not None:
+                return record
+        raise ShardError(f"caption {self.caption_id}: every {self.meta.name} is damaged ({self.meta.path}, ...)")
+
+
+def read_record(meta: Member) -> dict | None:
+    """A sample's JSON record, or None when it is damaged (not JSON, not a mapping)."""
+    try:
+        record = json.loads(meta.read())
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 @dataclass
@@ -97,7 +112,7 @@ def open_index(shards: str | os.PathLike | Sequence[str | os.PathLike]) -> Shard
         index.configs.append(config)
         for tar in tars:
             try:
-                samples = _read_shard(tar)
+                samples = _read_shard(tar, config)
             except ShardError as exc:
                 log.error("skipping shard: %s", exc)
                 index.skipped_shards.append(tar)
@@ -106,7 +121,8 @@ def open_index(shards: str | os.PathLike | Sequence[str | os.PathLike]) -> Shard
             index.missing_members += _add_samples(by_caption, samples, config, tar)
     index.captions = [by_caption[i] for i in sorted(by_caption)]
     if not index.captions:
-        raise ValueError(f"no readable shards in {shards!r}")
+        skipped = f" (skipped as damaged: {', '.join(index.skipped_shards[:3])})" if index.skipped_shards else ""
+        raise DataError(f"no readable shards in {shards!r}{skipped}")
     return index
 
 
@@ -144,18 +160,27 @@ def _finished(tars: Iterable[str]) -> list[str]:
     return done
 
 
-def _read_shard(tar: str) -> dict[str, dict[str, Member]]:
-    """{key: {extension: Member}} from the shard's .idx (or a tar scan without one), size-checked."""
+def _read_shard(tar: str, config: dict) -> dict[str, dict[str, Member]]:
+    """{key: {extension: Member}} from the shard's .idx (or a tar scan without one), checked
+    against its done marker (size, and the configuration it was made with: ``config``'s)."""
     tar_size = os.path.getsize(tar)
-    recorded = fmt.read_done(fmt.sibling(tar, fmt.DONE_SUFFIX)).get("bytes", tar_size)
-    if tar_size != recorded:
-        raise ShardError(f"truncated tar {tar}: {tar_size} bytes, its done marker records {recorded}")
+    try:
+        done = fmt.read_done(fmt.sibling(tar, fmt.DONE_SUFFIX))
+    except (OSError, ValueError) as exc:
+        raise ShardError(f"unreadable done marker: {exc}") from None
+    if tar_size != done["bytes"]:
+        raise ShardError(f"truncated tar {tar}: {tar_size} bytes, its done marker records {done['bytes']}")
+    made_with = done.get("dataset")  # absent in markers written before it was recorded
+    if made_with is not None and made_with != config:
+        changed = sorted(k for k in config if not isinstance(made_with, dict) or made_with.get(k) != config.get(k))
+        raise ShardError(f"{tar} was made with another configuration than its folder's dataset.json ({', '.join(changed)})")
     idx = fmt.sibling(tar, fmt.INDEX_SUFFIX)
     entries = _read_idx(idx, tar) if os.path.exists(idx) else _scan_tar(tar)
     samples: dict[str, dict[str, Member]] = defaultdict(dict)
     for member in entries:
-        if member.offset + member.size > tar_size:
-            raise ShardError(f"truncated tar {tar}: {member.name} ends at byte {member.offset + member.size} > {tar_size}")
+        if member.offset < 0 or member.size < 0 or member.offset + member.size > tar_size:
+            raise ShardError(f"{tar}: {member.name} at bytes {member.offset}+{member.size} is outside the {tar_size}-byte tar "
+                             "(truncated tar or damaged index)")  # fmt: skip
         key, ext = fmt.split_member(member.name)
         samples[key][ext] = member
     return samples
@@ -164,8 +189,8 @@ def _read_shard(tar: str) -> dict[str, dict[str, Member]]:
 def _read_idx(idx: str, tar: str) -> list[Member]:
     try:
         entries = fmt.read_index(idx)
-    except ValueError as exc:
-        raise ShardError(str(exc)) from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ShardError(str(exc) if idx in str(exc) else f"damaged index {idx}: {exc}") from None
     return [Member(tar, offset, size, name) for _, offset, size, name in entries]
 
 
@@ -204,5 +229,7 @@ def _add_samples(by_caption: dict[int, Caption], samples: dict[str, dict[str, Me
             log.warning("%s: sample %s lacks images %s", tar, key, absent)
             missing += len(absent)
         caption = by_caption.setdefault(caption_id, Caption(caption_id, [], members["json"]))
-        caption.images.extend(member for member in images if member is not None)
+        present = [member for member in images if member is not None]
+        caption.images.extend(present)
+        caption.image_meta.extend([members["json"]] * len(present))
     return missing

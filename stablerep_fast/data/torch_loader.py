@@ -52,10 +52,11 @@ class _Batches(Dataset):
     def __init__(self, index: ShardIndex, views: int, transform: T.Compose):
         self.index, self.views, self.transform = index, views, transform
 
-    def __getitem__(self, batch: GroupBatch) -> tuple[torch.Tensor, torch.Tensor, SkipCounts]:
+    def __getitem__(self, batch: GroupBatch) -> tuple[torch.Tensor | None, torch.Tensor, SkipCounts]:
         torch.manual_seed(batch.seed)  # the same augmentations whichever worker runs the batch
-        images, labels, counts = read_batch(self.index, batch, self.views, decode)
-        return torch.stack([self.transform(image) for image in images]), torch.from_numpy(labels), counts
+        images, labels, counts, _ = read_batch(self.index, batch, self.views, decode)
+        stacked = torch.stack([self.transform(image) for image in images]) if images else None
+        return stacked, torch.from_numpy(labels), counts
 
 
 def _as_is(sample):
@@ -63,7 +64,7 @@ def _as_is(sample):
 
 
 class TorchLoader(GroupLoader):
-    def _run(self, batches: Iterator[GroupBatch]) -> Iterator[tuple[torch.Tensor, torch.Tensor, SkipCounts]]:
+    def _run(self, batches: Iterator[GroupBatch]) -> Iterator[tuple[torch.Tensor | None, torch.Tensor, SkipCounts]]:
         dataset = _Batches(self.index, self.sampler.m, build_transform(self.augment, self.image_size))
         workers = DataLoader(
             dataset,
@@ -77,5 +78,6 @@ class TorchLoader(GroupLoader):
         mean = torch.tensor(MEAN, device=self.device).view(1, 3, 1, 1) * 255
         std = torch.tensor(STD, device=self.device).view(1, 3, 1, 1) * 255
         for images, labels, counts in workers:
-            images = images.to(self.device, non_blocking=True).float().sub_(mean).div_(std)
+            if images is not None:
+                images = images.to(self.device, non_blocking=True).float().sub_(mean).div_(std)
             yield images, labels.to(self.device, non_blocking=True), counts

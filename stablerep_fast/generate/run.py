@@ -18,7 +18,15 @@ from stablerep_fast.generate.config import GenerateConfig, GenerateError
 from stablerep_fast.generate.farm import resolve_device, resolve_farm, shards_for_rank
 from stablerep_fast.generate.generator import Generator, load_generator
 from stablerep_fast.generate.seeds import ANCHOR, initial_noise, noise_seed
-from stablerep_fast.generate.shard_writer import Sample, ShardWriter, clear_shard, dataset_record, ensure_dataset_json
+from stablerep_fast.generate.shard_writer import (
+    Sample,
+    ShardWriter,
+    check_output_folder,
+    clear_shard,
+    dataset_record,
+    ensure_dataset_json,
+    shard_lock,
+)
 from stablerep_fast.shards import is_done, sample_key
 
 # Batches waiting for the writer thread before generation pauses: enough to hide JPEG
@@ -116,11 +124,12 @@ def _generate_shard(
     executor: ThreadPoolExecutor,
     progress: tqdm,
     started: float,
+    record: dict,
 ) -> None:
     """Generate one shard, B captions per call, and commit it (see shard_writer.py)."""
     out = Path(config.out)
     clear_shard(out, shard)
-    writer = ShardWriter(out, shard, image_format=config.image_format, quality=config.quality, rank=rank)
+    writer = ShardWriter(out, shard, image_format=config.image_format, quality=config.quality, rank=rank, dataset=record)
     latent_shape = checked_latent_shape(pipe, config.resolution)
     indices = _shard_captions(shard, config.shard_size, len(texts))
     pending: deque[Future] = deque()
@@ -154,13 +163,15 @@ def _generate_shard(
         pending.append(executor.submit(writer.commit))
         while pending:
             pending.popleft().result()
-    except BaseException:
+    except BaseException as exc:
         for future in pending:
             future.cancel()
         for future in pending:
             if not future.cancelled():
                 future.exception()  # wait for the running write before removing its file
         writer.abort()
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename is None:  # say which file failed
+            raise OSError(exc.errno, exc.strerror, str(writer.path)) from exc
         raise
 
 
@@ -179,9 +190,8 @@ def generate(config: GenerateConfig) -> GenerateSummary:
     pipe = load_generator(config.model, device=device, dtype=dtype, backend=config.backend, cache_dir=config.engine_cache)
     checked_latent_shape(pipe, config.resolution)
 
-    # 3. Record the configuration in the folder, or check it against the one there.
+    # 3. Record the configuration in the folder, or check it against the one there (and its shards').
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     num_shards = math.ceil(len(captions) / config.shard_size)
     record = dataset_record(
         config.dataset_fields(pipe.model_id),
@@ -190,6 +200,8 @@ def generate(config: GenerateConfig) -> GenerateSummary:
         duplicates=captions.duplicates,
         num_shards=num_shards,
     )
+    check_output_folder(out, record)
+    out.mkdir(parents=True, exist_ok=True)
     ensure_dataset_json(out, record)
 
     # 4. This rank's shards still to do.
@@ -209,7 +221,9 @@ def generate(config: GenerateConfig) -> GenerateSummary:
     )
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer") as executor:
         for shard in todo:
-            _generate_shard(config, pipe, captions.texts, shard, rank, executor, progress, started)
+            with shard_lock(out, shard):
+                if not is_done(out, shard):  # unless another process finished it meanwhile
+                    _generate_shard(config, pipe, captions.texts, shard, rank, executor, progress, started, record)
     progress.close()
     return GenerateSummary(
         out=out,

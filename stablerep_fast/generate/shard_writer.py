@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +22,8 @@ import numpy as np
 from PIL import Image
 
 from stablerep_fast import shards
-from stablerep_fast.atomic import AtomicFile, atomic_write
+from stablerep_fast.atomic import AtomicFile, atomic_write, file_lock, is_temp
+from stablerep_fast.errors import LockError, OutputError
 from stablerep_fast.generate.config import GenerateError
 
 PIL_FORMATS = {"jpg": "JPEG", "png": "PNG"}
@@ -42,14 +46,18 @@ def encode_image(image: np.ndarray, image_format: str, quality: int) -> bytes:
 
 
 class ShardWriter:
-    """Writes one shard: members go to a temporary tar; ``commit`` makes it visible."""
+    """Writes one shard: members go to a temporary tar; ``commit`` makes it visible.
+    ``dataset``: the settings that define the images (dataset.json's), recorded in the done
+    marker so that the shard can never be taken for one of another configuration."""
 
-    def __init__(self, out: Path, shard: int, *, image_format: str, quality: int, rank: int = 0):
+    def __init__(self, out: Path, shard: int, *, image_format: str, quality: int, rank: int = 0,
+                 dataset: dict | None = None):  # fmt: skip
         self.out = Path(out)
         self.shard = shard
         self.image_format = image_format
         self.quality = quality
         self.rank = rank
+        self.dataset = dataset
         self.path = shards.shard_file(self.out, shard, shards.TAR_SUFFIX)
         self._file = AtomicFile(self.path)
         self.tmp = self._file.tmp
@@ -69,16 +77,12 @@ class ShardWriter:
         return shards.split_member(name)[1], offset, len(data), name
 
     def add(self, samples: list[Sample]) -> None:
-        """Encode and append samples (each: its json, txt and K images)."""
+        """Encode and append samples (each: its json with the images' checksums, txt and K images)."""
         for sample in samples:
-            members = [
-                ("json", json.dumps(sample.metadata, sort_keys=True).encode()),
-                ("txt", sample.caption.encode()),
-            ]
-            members += [
-                (shards.image_ext(k, self.image_format), encode_image(image, self.image_format, self.quality))
-                for k, image in enumerate(sample.images)
-            ]
+            images = [encode_image(image, self.image_format, self.quality) for image in sample.images]
+            metadata = {**sample.metadata, shards.CHECKSUM_KEY: [shards.image_checksum(data) for data in images]}
+            members = [("json", json.dumps(metadata, sort_keys=True).encode()), ("txt", sample.caption.encode())]
+            members += [(shards.image_ext(k, self.image_format), data) for k, data in enumerate(images)]
             self.index.append([self._add_member(shards.member_name(sample.key, ext), data) for ext, data in members])
             self.images += len(sample.images)
 
@@ -94,14 +98,72 @@ class ShardWriter:
             "bytes": self.path.stat().st_size,
             "seconds": round(time.perf_counter() - self.started, 3),
             "rank": self.rank,
+            "dataset": self.dataset,
         }
         shards.write_done(self.out, self.shard, done)
         return done
 
     def abort(self) -> None:
-        """Drop the temporary tar (after an error)."""
-        self._tar.close()
-        self._file.abort()
+        """Drop the temporary tar (after an error; also when the disk is full and closing fails)."""
+        try:
+            self._tar.close()
+        except OSError:
+            pass  # the tar is being dropped: only its removal matters
+        finally:
+            self._file.abort()
+
+
+@contextmanager
+def shard_lock(out: Path, shard: int) -> Iterator[None]:
+    """Hold the lock of ``shard`` while writing it; LockError at once if another process holds
+    it (two processes given the same rank). The lock file goes once the shard is done (removing
+    it earlier could let two processes lock two different files of the same name)."""
+    path = shards.shard_file(out, shard, shards.LOCK_SUFFIX)
+
+    def held() -> None:
+        raise LockError(f"another process is writing {shards.shard_stem(shard)} in {out} (it holds {path.name}); "
+                        "run one process per rank, or wait for that one to finish")  # fmt: skip
+
+    with file_lock(path, on_wait=held):
+        yield
+        if shards.is_done(out, shard):
+            path.unlink(missing_ok=True)  # still held: a process that opened it finds the shard done
+
+
+def check_output_folder(out: Path, record: dict) -> None:
+    """Refuse (touching nothing) an ``out`` that is a file, that holds shards whose done markers
+    record another configuration than ``record`` (the dataset.json this run writes), or that has
+    no dataset.json and holds anything but such shards and the package's temporary files."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file; give a folder (new, or a dataset folder of stablerep-fast)")
+    if not out.is_dir():
+        return
+    names = os.listdir(out)
+    has_dataset = shards.is_dataset(out)  # after listing: a farm peer writes dataset.json before any shard file
+    record = json.loads(json.dumps(record))  # compare as it reads back
+    if has_dataset:
+        _check_dataset_json(out, record)
+    vouched = {shards.DATASET_FILE}  # stems of shards whose done marker records this configuration
+    for name in sorted(n for n in names if n.endswith(shards.DONE_SUFFIX) and shards.is_package_file(n)):
+        try:
+            made_with = shards.read_done(out / name).get("dataset")
+        except (OSError, ValueError):
+            continue  # a damaged marker: its shard is not done, and is redone by its owner
+        if made_with is None and has_dataset:
+            continue  # written before done markers recorded the configuration; dataset.json vouches for it
+        if made_with != record:
+            diff = _diff(made_with, record) if isinstance(made_with, dict) else "not recorded in it"
+            raise GenerateError(f"{out / name} belongs to a dataset made with another configuration ({diff}); "
+                                "use another --out")  # fmt: skip
+        vouched.add(name.split(".", 1)[0])
+    if has_dataset:
+        return
+    foreign = sorted(n for n in names if not (shards.is_package_file(n) and (
+        is_temp(n) or n.endswith(shards.LOCK_SUFFIX) or n.split(".", 1)[0] in vouched)))  # fmt: skip
+    if foreign:
+        raise OutputError(f"--out {out} holds files stablerep-fast did not write or cannot vouch for "
+                          f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}) and no dataset.json; "
+                          "use an empty or new folder")  # fmt: skip
 
 
 def clear_shard(out: Path, shard: int) -> None:
@@ -133,11 +195,21 @@ def ensure_dataset_json(out: Path, record: dict) -> None:
     record = json.loads(json.dumps(record))  # compare as it reads back
     if not path.exists():
         atomic_write(path, json.dumps(record, indent=1, sort_keys=True).encode(), exclusive=True)
+    _check_dataset_json(out, record)
+
+
+def _check_dataset_json(out: Path, record: dict) -> None:
+    path = shards.dataset_file(out)
     try:
         existing = shards.read_dataset(out)
     except (OSError, ValueError) as exc:
         raise GenerateError(f"cannot read {path}: {exc}") from exc
     if existing != record:
-        changed = sorted(k for k in existing.keys() | record.keys() if existing.get(k) != record.get(k))
-        diff = ", ".join(f"{k}: {existing.get(k)!r} there, {record.get(k)!r} now" for k in changed)
-        raise GenerateError(f"{out} holds a dataset made with a different configuration ({diff}); use another --out")
+        raise GenerateError(f"{out} holds a dataset made with a different configuration ({_diff(existing, record)}); "
+                            "use another --out")  # fmt: skip
+
+
+def _diff(there: dict, now: dict) -> str:
+    """``key: value there, value now`` for each key whose value differs."""
+    changed = sorted(k for k in there.keys() | now.keys() if there.get(k) != now.get(k))
+    return ", ".join(f"{k}: {there.get(k)!r} there, {now.get(k)!r} now" for k in changed)
