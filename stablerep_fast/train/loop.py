@@ -146,6 +146,9 @@ def train(config: TrainConfig, loader: Loader | None = None, captions=None) -> T
             _checkpoint(out, model, optimizer, scheduler, loader, step, config, rank, world)
     if logger is not None:
         logger.close()
+    skipped = getattr(loader, "skipped", None)
+    if skipped is not None and any(vars(skipped).values()):
+        log.warning("rank %d: the loader skipped damaged data (%s); each case is named above", rank, skipped)
     seconds = time.perf_counter() - started
     if owns_group:
         dist.destroy_process_group()
