@@ -10,7 +10,7 @@ damage on disk never reaches the decoder. An image the decoder still refuses (a 
 before checksums were recorded, or an encoder's bad file) fails DALI's whole batch: the loader
 then decodes that batch's images on the CPU with PIL, logs and counts the ones that fail, and
 rebuilds the pipeline from that batch without them; if PIL decodes them all, the batch is
-skipped (counted). The rule does not depend on where DALI decodes, so "mixed" (GPU) decoding is
+skipped (counted), and a second such batch in a row is an error (not a damaged file). The rule does not depend on where DALI decodes, so "mixed" (GPU) decoding is
 handled the same way as the CPU decoder.
 """
 
@@ -104,6 +104,7 @@ class DaliLoader(GroupLoader):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.undecodable: set[Member] = set()  # images DALI's decoder refused, never fed again
+        self._unexplained = -2  # the last batch DALI failed on although PIL decodes all its images
 
     def _run(self, batches: Iterator[GroupBatch]) -> Iterator[tuple[torch.Tensor | None, torch.Tensor, SkipCounts]]:
         while True:  # one pipeline per pass; a decoder failure rebuilds it from the failing batch
@@ -156,6 +157,10 @@ class DaliLoader(GroupLoader):
                 failed = pending[0]
                 if self._find_undecodable(failed, exc):
                     return failed.step
+                if failed.step == self._unexplained + 1:  # twice in a row: not a damaged file
+                    raise RuntimeError(f"DALI failed on batches {self._unexplained} and {failed.step}, whose images all "
+                                       "decode on the CPU") from exc  # fmt: skip
+                self._unexplained = failed.step
                 failed.counts.skipped_batches += 1
                 yield None, torch.from_numpy(failed.labels), failed.counts
                 return failed.step + 1

@@ -198,3 +198,23 @@ def test_fuzz_random_damage_never_crashes_and_never_gets_through(tmp_path, backe
         logging.disable(logging.NOTSET)
     assert damaged_returns == 0, f"{damaged_returns} damaged images reached a batch"
     assert skipped > TRIALS // 4  # the damage did hit images the sampler chose
+
+
+@pytest.mark.skipif("dali" not in available_backends(), reason="no DALI")
+def test_dali_skips_a_batch_it_fails_on_when_no_image_is_to_blame(legacy, tmp_path, monkeypatch, caplog):
+    """When PIL decodes every image of the batch DALI refused (decoders can disagree), the batch
+    is skipped and counted, and the epoch goes on."""
+    import shutil
+
+    from stablerep_fast.data import dali_loader
+
+    folder = shutil.copytree(legacy, tmp_path / "data")
+    member = open_index(folder).captions[3].images[1]
+    _break_huffman_table(member)
+    monkeypatch.setattr(dali_loader, "cpu_decode", lambda data: object())  # PIL "accepts" everything
+    loader = _loader(folder, "dali", 4, K)
+    with caplog.at_level(logging.ERROR, logger="stablerep_fast.data"):
+        batches = list(loader)
+    assert len(batches) == 1 and loader.skipped.skipped_batches == 1 and loader.step == 2
+    assert 3 not in batches[0][1].tolist()
+    assert "but every image of it decodes on the CPU; batch skipped" in caplog.text
