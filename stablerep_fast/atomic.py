@@ -96,19 +96,34 @@ def atomic_write(path: str | os.PathLike, data: bytes, *, exclusive: bool = Fals
 
 
 @contextmanager
-def file_lock(path: Path, *, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+def file_lock(path: Path, *, on_wait: Callable[[], None] | None = None, remove: bool = False) -> Iterator[None]:
     """Hold an exclusive ``fcntl.flock`` on ``path`` (created if needed). ``on_wait`` is called
     once if another process holds it, before blocking. The kernel drops the lock if the holder
-    dies, so a crashed builder never blocks the others for good."""
+    dies, so a crashed builder never blocks the others for good. ``remove``: delete the lock
+    file when done; safe because a locker that finds, once it holds the lock, that ``path`` is
+    no longer the file it locked starts again on the file now there."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait is not None:
-                on_wait()
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    waited = False
+    while True:
+        with open(path, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None and not waited:
+                    on_wait()
+                waited = True
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                held = os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                held = False
+            if not held:  # removed (or replaced) by the holder before us: lock the file now there
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                continue
+            try:
+                yield
+            finally:
+                if remove:
+                    path.unlink(missing_ok=True)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+            return

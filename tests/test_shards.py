@@ -91,3 +91,31 @@ def test_exclusive_atomic_write_has_one_winner(tmp_path):
     winners = [i for i, won in results if won]
     assert len(winners) == 1 and path.read_text() == str(winners[0])
     assert os.listdir(tmp_path) == ["once.json"]
+
+
+def test_a_removed_lock_file_is_never_held_twice(tmp_path):
+    """A waiter that locked the file its holder then removed starts again on the file now at the
+    path, so two holders never overlap (the shard lock removes its file when released)."""
+    import time
+
+    from stablerep_fast.atomic import file_lock
+
+    path, events = tmp_path / "shard-000000.lock", []
+
+    def worker(name: str, hold: float) -> None:
+        with file_lock(path, remove=True):
+            events.append(("in", name))
+            time.sleep(hold)
+            events.append(("out", name))
+
+    first = threading.Thread(target=worker, args=("first", 0.3))
+    first.start()
+    time.sleep(0.1)
+    others = [threading.Thread(target=worker, args=(f"w{i}", 0.05)) for i in range(3)]
+    for thread in others:
+        thread.start()
+    for thread in [first, *others]:
+        thread.join(10)
+    assert len(events) == 8 and all(events[i][0] == "in" and events[i + 1] == ("out", events[i][1]) for i in range(0, 8, 2))
+    assert not path.exists()
+    assert shards.is_package_file(path.name)

@@ -116,18 +116,15 @@ class ShardWriter:
 @contextmanager
 def shard_lock(out: Path, shard: int) -> Iterator[None]:
     """Hold the lock of ``shard`` while writing it; LockError at once if another process holds
-    it (two processes given the same rank). The lock file goes once the shard is done (removing
-    it earlier could let two processes lock two different files of the same name)."""
+    it (two processes given the same rank). The lock file is removed when released."""
     path = shards.shard_file(out, shard, shards.LOCK_SUFFIX)
 
     def held() -> None:
         raise LockError(f"another process is writing {shards.shard_stem(shard)} in {out} (it holds {path.name}); "
                         "run one process per rank, or wait for that one to finish")  # fmt: skip
 
-    with file_lock(path, on_wait=held):
+    with file_lock(path, on_wait=held, remove=True):
         yield
-        if shards.is_done(out, shard):
-            path.unlink(missing_ok=True)  # still held: a process that opened it finds the shard done
 
 
 def check_output_folder(out: Path, record: dict) -> None:

@@ -62,7 +62,7 @@ def test_a_failed_write_leaves_no_temporary_file_and_the_next_run_cleans_old_one
         patch.setattr(tarfile.TarFile, "close", full)
         assert main(["generate", "--captions", str(captions), "--out", str(out), "--model", "shapes", "--no-progress",
                      "--images-per-caption", "2", "--resolution", "32", "--save-size", "32", "--shard-size", "2"]) == 2  # fmt: skip
-    assert sorted(p.name for p in out.iterdir()) == ["dataset.json", "shard-000000.lock"]  # the lock stays (empty)
+    assert sorted(p.name for p in out.iterdir()) == ["dataset.json"]
     stale = [out / "shard-000001.tar.4242-deadbeef.srf-tmp", out / "shard-000001.idx.4242-deadbeef.srf-tmp"]
     for path in stale:
         path.write_bytes(b"left by a killed run")
