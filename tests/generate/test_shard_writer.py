@@ -3,6 +3,7 @@ import json
 import os
 import tarfile
 import threading
+import zlib
 
 import numpy as np
 import pytest
@@ -36,11 +37,13 @@ def test_layout_read_by_tarfile(tmp_path):
         assert names[: 2 + K] == ["000000000.json", "000000000.txt", "000000000.0.png", "000000000.1.png", "000000000.2.png"]
         assert len(names) == len(samples) * (2 + K)
         for s in samples:
-            assert json.loads(tar.extractfile(f"{s.key}.json").read()) == s.metadata
+            record = json.loads(tar.extractfile(f"{s.key}.json").read())
+            assert record == {**s.metadata, "crc32": record["crc32"]}
             assert tar.extractfile(f"{s.key}.txt").read().decode() == s.caption
             for k in range(K):
-                image = np.asarray(Image.open(io.BytesIO(tar.extractfile(f"{s.key}.{k}.png").read())))
-                np.testing.assert_array_equal(image, s.images[k])
+                data = tar.extractfile(f"{s.key}.{k}.png").read()
+                assert record["crc32"][k] == zlib.crc32(data)  # the checksum readers verify
+                np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), s.images[k])
     assert done == json.loads((tmp_path / "shard-000000.done.json").read_text())
     assert done["captions"] == 4 and done["images"] == 4 * K and done["rank"] == 1
     assert done["bytes"] == (tmp_path / "shard-000000.tar").stat().st_size
