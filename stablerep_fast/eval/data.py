@@ -39,6 +39,15 @@ class ProbeData:
     class_names: tuple[str, ...]
     skipped: list[str] = field(default_factory=list)  # unreadable image files, left out
 
+    def validation_split(self, fraction: float = 0.2, seed: int = 0) -> ProbeData:
+        """The training split alone, cut (stratified) into a smaller training split and, in place
+        of the test split, a validation split: for choosing settings without seeing test images."""
+        from stablerep_fast.eval.probe import stratified_split
+
+        fit, val = (rows.numpy() for rows in stratified_split(torch.as_tensor(self.train.y), fraction, seed))
+        pick = lambda rows: Split(self.train.x[rows], self.train.y[rows])  # noqa: E731
+        return ProbeData(pick(fit), pick(val), self.class_names, self.skipped)
+
 
 def check_labels(y, where: str) -> np.ndarray:
     """int64 class labels from ``y`` [N]; DataError naming ``where`` unless they are whole numbers >= 0."""
@@ -74,16 +83,6 @@ def check_splits(train_x, train_y, test_x, test_y, where: str) -> tuple[np.ndarr
         raise DataError(f"{where}: train rows are {list(np.shape(train_x)[1:])} but test rows {list(np.shape(test_x)[1:])}; "
                         "both splits need the same feature width (or image shape)")  # fmt: skip
     return labels[0], labels[1]
-
-    def validation_split(self, fraction: float = 0.2, seed: int = 0) -> ProbeData:
-        """The training split alone, cut (stratified) into a smaller training split and, in place
-        of the test split, a validation split: for choosing settings without seeing test images."""
-        from stablerep_fast.eval.probe import stratified_split
-
-        fit, val = (rows.numpy() for rows in stratified_split(torch.as_tensor(self.train.y), fraction, seed))
-        pick = lambda rows: Split(self.train.x[rows], self.train.y[rows])  # noqa: E731
-        return ProbeData(pick(fit), pick(val), self.class_names)
-
 
 def load_probe_data(source: str, *, image_size: int = 64, per_class: int = 100, seed: int = 0) -> ProbeData:
     """``source``: a folder with train/ and val/ (or test/) ImageFolder trees, a ``.npz`` with
