@@ -8,7 +8,7 @@ thread, spill bytes and the stack frame; Triton's metadata the shared memory.
 
     python -m stablerep_fast.ops.triton_aot     # the table for sm_80 and sm_90
 
-Compilation runs in worker processes with ``TRITON_INTERPRET=0`` (kernels defined under the
+Compilation runs in worker processes started with ``TRITON_INTERPRET=0`` (kernels defined under the
 interpreter cannot be compiled) and a temporary ``TRITON_CACHE_DIR``, removed afterwards.
 """
 
@@ -71,9 +71,19 @@ def _stand_in_args(kernel, variant, n: int) -> dict:
     return args
 
 
-def _init_worker(cache_dir: str) -> None:
-    os.environ["TRITON_INTERPRET"] = "0"
-    os.environ["TRITON_CACHE_DIR"] = cache_dir
+@contextlib.contextmanager
+def _environment(**values: str):
+    """Set environment variables for the block (worker processes spawned in it inherit them)."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 _PTXAS = re.compile(
@@ -127,10 +137,12 @@ def compile_all(variants=None, archs=ARCHS, sizes=SIZES, jobs: int | None = None
         variants = public_variants()
     tasks = [(v, n, arch) for arch in archs for v in variants for n in sizes]
     jobs = jobs or os.cpu_count() or 1
+    # Workers start with TRITON_INTERPRET=0 in their environment, before anything imports Triton
+    # (Triton reads it when its own helpers are defined, e.g. under a test session's =1).
     with tempfile.TemporaryDirectory(prefix="triton-aot-") as cache_dir:
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_init_worker, initargs=(cache_dir,)) as pool:
-            return list(pool.map(_compile_task, tasks))
+        with _environment(TRITON_INTERPRET="0", TRITON_CACHE_DIR=cache_dir):
+            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                return list(pool.map(_compile_task, tasks))
 
 
 def format_table(rows: list[Resources]) -> str:
