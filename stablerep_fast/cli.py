@@ -13,9 +13,9 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-
+from stablerep_fast._deps import MissingExtraError
 from stablerep_fast.errors import StableRepError
+
 
 def _csv(kind):
     def parse(text: str) -> list:
@@ -50,49 +50,19 @@ def _add_bench(subparsers) -> None:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from stablerep_fast import bench
-    from stablerep_fast.bench.plot import missing_dependency, plot_records
+    from stablerep_fast.bench import BenchError, run_bench
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but torch sees no CUDA device", file=sys.stderr)
-        return 2
-    suites = args.suite or list(bench.SUITES)
-    unknown = sorted(set(suites) - set(bench.SUITES))
-    if unknown:
-        print(f"error: unknown suite(s) {unknown}; available: {list(bench.SUITES)}", file=sys.stderr)
-        return 2
-    if args.plot is not None and missing_dependency():
-        print(f"error: {missing_dependency()}", file=sys.stderr)
-        return 2
     overrides = {
         "loss": dict(sizes=args.sizes, dims=args.dims, dtypes=args.dtypes, backends=args.backends),
         "generate": dict(backends=args.generate_backends, sd_model=args.sd_model),
         "data": dict(backends=args.loaders, workers=args.workers),
-        "train": {},
     }
-    env = bench.environment(device)
-    print(bench.format_environment(env))
-    if device == "cpu":
-        print("no GPU in use: CPU variants only (GPU-only backends are listed as skipped; GPU tables need --device cuda)")
-    records: list[dict] = []
-    for name in suites:
-        suite_records = bench.run_suite(name, device, args.quick, versions=env, repeats=args.repeats, **overrides[name])
-        suite = bench.SUITE_TABLE[name]
-        print("\n" + bench.format_suite(suite.title, suite_records, suite.columns), flush=True)
-        records += suite_records
-    skips = [r for r in records if r.get("skipped")]
-    if skips:
-        print(f"\nskipped {len(skips)} variant(s):")
-        for r in skips:
-            print(f"  {r['suite']} {r['backend']}: {r['skipped']}")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(records, indent=1))
-        print(f"\nwrote {len(records)} records to {args.json}")
-    if args.plot is not None:
-        paths = plot_records(records, args.plot)
-        print(f"wrote {len(paths)} charts to {args.plot}: {', '.join(p.name for p in paths)}")
+    try:
+        run_bench(args.suite, args.device, quick=args.quick, repeats=args.repeats, overrides=overrides,
+                  json_path=args.json, plot_dir=args.plot)  # fmt: skip
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -196,24 +166,11 @@ def _add_train(subparsers) -> None:
     p.set_defaults(func=_run_train)
 
 
-def _train_config(args: argparse.Namespace):
-    """Preset, then the YAML file, then --set, then the flags."""
-    from stablerep_fast.train import TrainConfig, preset
-    from stablerep_fast.train.config import parse_override, read_settings
-
-    values = preset(args.preset).to_dict()
-    if args.config is not None:
-        values.update(read_settings(args.config))  # only the fields the file sets
-    values.update(parse_override(item) for item in args.overrides)
-    flags = [name for _, name, _, _ in TRAIN_FLAGS] + ["text", "resume", "overwrite", "tensorboard", "progress"]
-    values.update({name: getattr(args, name) for name in flags if getattr(args, name) is not None})
-    return TrainConfig.from_dict(values)
-
-
 def _run_train(args: argparse.Namespace) -> int:
-    from stablerep_fast.train import train
+    from stablerep_fast.train import resolve_config, train
 
-    config = _train_config(args)
+    flags = [name for _, name, _, _ in TRAIN_FLAGS] + ["text", "resume", "overwrite", "tensorboard", "progress"]
+    config = resolve_config(args.preset, args.config, args.overrides, **{name: getattr(args, name) for name in flags})
     config.validate()
     summary = train(config)
     print(f"step {summary.step}: {summary.images} images in {summary.seconds:.1f} s "
@@ -311,12 +268,25 @@ def build_parser() -> argparse.ArgumentParser:
         description="StableRep, fast: generate synthetic images, train with the multi-positive loss, probe, benchmark.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
-    _add_bench(subparsers)
-    _add_generate(subparsers)
-    _add_train(subparsers)
-    _add_probe(subparsers)
-    _add_demo(subparsers)
+    for name, add in (("bench", _add_bench), ("generate", _add_generate), ("train", _add_train),
+                      ("probe", _add_probe), ("demo", _add_demo)):  # fmt: skip
+        try:
+            add(subparsers)
+        except MissingExtraError as exc:  # the stage's extra is not installed: the command says so
+            _add_missing(subparsers, name, exc)
     return parser
+
+
+def _add_missing(subparsers, name: str, exc: MissingExtraError) -> None:
+    """A subcommand whose stage cannot be imported here: it prints the one-line hint and exits 2."""
+    p = subparsers.add_parser(name, help=f"(not installed) {exc}", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=lambda args: _fail(exc))
+
+
+def _fail(exc: Exception) -> int:
+    print(f"error: {exc}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -325,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (StableRepError, ValueError) as exc:
+    except (StableRepError, ValueError, MissingExtraError) as exc:  # MissingExtraError: a stage imported lazily
         message = str(exc)
     except OSError as exc:  # the library's own (a message, no errno) or the system's
         message = str(exc) if exc.errno is None else describe_os_error(exc)

@@ -16,6 +16,10 @@ images: that is how each method's augmentation strength is chosen (``study="augm
 
 from __future__ import annotations
 
+from stablerep_fast._deps import require_extra
+
+require_extra("demo", "all")  # before the imports that need it: one line, not a traceback
+
 import json
 import os
 import shutil

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from stablerep_fast.bench.report import error_text, skipped
+from stablerep_fast.bench.report import error_text, missing_stage, set_speedup, skipped
 from stablerep_fast.bench.timing import time_fn
 from stablerep_fast.shards import is_dataset
 
@@ -36,6 +36,11 @@ def defaults(device: str, quick: bool) -> dict:
         return dict(workers=[4, 8, 16], captions=256 if quick else 1024, captions_per_batch=64, repeats=3 if quick else 5)
     return dict(workers=[1, 2] if quick else [1, 2, 4], captions=32 if quick else 96, captions_per_batch=8,
                 repeats=2 if quick else 3)  # fmt: skip
+
+
+def unavailable() -> str | None:
+    """Why the suite cannot run here (it writes shapes shards, then loads them), or None."""
+    return missing_stage("data", "generate")
 
 
 def make_shapes_shards(folder: Path, captions: int, resolution: int = 256, images_per_caption: int = 10) -> Path:
@@ -131,8 +136,5 @@ def run_data_suite(
                 if dev.type == "cuda" and record.get("throughput"):
                     record["target_frac"] = record["throughput"] / GPU_TARGET_IMAGES_PER_S
                 measured.append(record)
-    baseline = {r["workers"]: r["ms"] for r in measured if r["backend"] == "torch" and r.get("ms")}
-    for r in measured:
-        ref = baseline.get(r["workers"])
-        r["speedup"] = ref / r["ms"] if ref and r.get("ms") else None
+    set_speedup(measured, "torch", same=("workers",))
     return measured + records

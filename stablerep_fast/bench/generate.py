@@ -12,23 +12,24 @@ Each record: suite, backend, device, dtype, model, captions (B), images_per_capt
 batch (B x K images per call), steps, guidance, resolution, ms (median per call),
 throughput (images/s), unet_step_ms (one guided UNet call on 2 B K latents), peak_mb (GPU),
 speedup (vs eager, same model), floor_frac (images/s over the FLOP floor's images/s) and
-unet_floor_frac (the UNet floor over unet_step_ms), where the floor is known.
+unet_floor_frac (the UNet floor over unet_step_ms), where the floor is known, and warmup_s
+(the first call: compilation, engine builds or loads).
 """
 
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
-from stablerep_fast.bench.report import error_text, skipped
+from stablerep_fast.bench.report import error_text, missing_stage, set_speedup, skipped
 from stablerep_fast.bench.timing import peak_memory_mb, tensor_core_peak, time_fn
-from stablerep_fast.testing import random_sd_components
 
 TITLE = "generate: images/s of the text-to-image pipeline per backend"
 COLUMNS = ["backend", "model", "dtype", "batch", "steps", "resolution", "ms", "throughput", "unet_step_ms",
-           "peak_mb", "speedup", "floor_frac", "unet_floor_frac", "error"]  # fmt: skip
+           "peak_mb", "speedup", "floor_frac", "unet_floor_frac", "warmup_s", "error"]  # fmt: skip
 
 # SD 1.5 at 512 px (64x64 latent, 77 tokens), docs/method.md.
 UNET_FLOPS = 0.80e12  # per UNet forward per latent
@@ -46,12 +47,7 @@ def defaults(device: str, quick: bool) -> dict:
 
 def unavailable() -> str | None:
     """Why the suite cannot run here, or None."""
-    try:
-        import diffusers  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError as exc:
-        return f"needs diffusers and transformers ({exc})"
-    return None
+    return missing_stage("generate")
 
 
 def _is_sd15(unet) -> bool:
@@ -75,6 +71,7 @@ def _pipeline_factory(sd_model, device: torch.device, dtype: torch.dtype, folder
     from diffusers.utils import logging as diffusers_logging
 
     from stablerep_fast.generate import StableRepPipeline
+    from stablerep_fast.testing import random_sd_components
 
     if sd_model is not None:
         return str(sd_model), lambda name: StableRepPipeline.from_pretrained(sd_model, device=device, dtype=dtype, backend=name)
@@ -101,13 +98,16 @@ def _measure_pipeline(pipe, *, captions: int, k: int, steps: int, guidance: floa
         return pipe(prompts, latents, resolution=resolution, output_size=output_size, num_inference_steps=steps,
                     guidance_scale=guidance)  # fmt: skip
 
+    started = time.perf_counter()
     call()  # warm-up: lazy initialisation, compilation, engine loading
+    warmup_s = time.perf_counter() - started
     # On a CPU, after the warm-up the process reuses heap it already holds, so its resident-set
     # growth says little: peak memory is reported on GPUs only (allocator statistics).
     peak = peak_memory_mb(call, device) if device.type == "cuda" else None
     timing = time_fn(call, device, warmup=0, repeats=repeats)
     images = captions * k
-    return dict(ms=timing.median_ms, p90_ms=timing.p90_ms, throughput=images / (timing.median_ms * 1e-3), peak_mb=peak)
+    return dict(ms=timing.median_ms, p90_ms=timing.p90_ms, throughput=images / (timing.median_ms * 1e-3), peak_mb=peak,
+                warmup_s=warmup_s)
 
 
 def _unet_step_ms(pipe, *, captions: int, k: int, resolution: int, device: torch.device, repeats: int) -> float:
@@ -165,10 +165,6 @@ def _sd_records(device: torch.device, dtype: str, names, sd_model, settings: dic
                 record["floor_frac"] = record["throughput"] / (peak / flops_per_image)
                 unet_floor_ms = 2 * record["batch"] * UNET_FLOPS / peak * 1e3
                 record["unet_floor_frac"] = unet_floor_ms / record["unet_step_ms"]
-    eager = next((r["ms"] for r in records if r["backend"] == "eager" and r.get("ms")), None)
-    for r in records:
-        if r.get("ms"):
-            r["speedup"] = eager / r["ms"] if eager else None
     return records
 
 
@@ -177,7 +173,7 @@ def _shapes_record(device: torch.device, captions: int, k: int, resolution: int,
 
     record = dict(suite="generate", backend="shapes", device=device.type, dtype="uint8", model="shapes", captions=captions,
                   images_per_caption=k, batch=captions * k, steps=None, guidance=None, resolution=resolution,
-                  unet_step_ms=None, speedup=None, floor_frac=None, unet_floor_frac=None)  # fmt: skip
+                  unet_step_ms=None, floor_frac=None, unet_floor_frac=None)  # fmt: skip
     record.update(_measure_pipeline(ShapesPipeline(), captions=captions, k=k, steps=1, guidance=1.0, resolution=resolution,
                                     output_size=resolution, device=torch.device("cpu"), repeats=repeats))  # fmt: skip
     return record
@@ -216,4 +212,5 @@ def run_generate_suite(
             records.append(skipped("generate", "eager", dev.type, reason))
     if backends is None or "shapes" in backends:
         records.append(_shapes_record(dev, captions * 2, images_per_caption * 2, shapes_resolution, repeats))
+    set_speedup(records, "eager", same=("model",))
     return records

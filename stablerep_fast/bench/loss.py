@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from stablerep_fast.bench.report import error_text, skipped
+from stablerep_fast.bench.report import error_text, set_speedup, skipped
 from stablerep_fast.bench.timing import peak_memory_mb, tensor_core_peak, time_fn
 from stablerep_fast.ops.dispatch import BACKENDS, unavailable_reason
 from stablerep_fast.ops.multipos import multipos_con_loss
@@ -158,9 +158,6 @@ def run_loss_suite(
         records += [skipped("loss", name, device, reason, dtype=dtype) for name, reason in skip.items()]
         for d in dims:
             for n in sizes:
-                group = [measure(LossCase(b, n, d, dtype, device, repeats=repeats)) for b in names]
-                ref = next((r["ms"] for r in group if r["backend"] == "reference"), None)
-                for r in group:
-                    r["speedup"] = ref / r["ms"] if ref and r["ms"] else None
-                records.extend(group)
+                records += [measure(LossCase(b, n, d, dtype, device, repeats=repeats)) for b in names]
+    set_speedup(records, "reference", same=("device", "dtype", "N", "D"))
     return records

@@ -52,6 +52,33 @@ def skipped(suite: str, backend: str, device: str, reason: str, **fields) -> dic
     return {"suite": suite, "backend": backend, "device": device, **fields, "ms": None, "skipped": reason}
 
 
+def set_speedup(records: list[dict], baseline: str, same: tuple[str, ...] = ()) -> None:
+    """Set every measured record's ``speedup`` to the baseline's ms over its ms, where the
+    baseline is the record of backend ``baseline`` with the same values of the fields ``same``
+    (None when there is no such record or a time is missing). Every suite's speed-up is this."""
+    key = lambda r: tuple(r.get(f) for f in same)  # noqa: E731
+    base = {key(r): r["ms"] for r in records if r.get("backend") == baseline and r.get("ms")}
+    for r in records:
+        if not r.get("skipped"):
+            ref = base.get(key(r))
+            r["speedup"] = ref / r["ms"] if ref and r.get("ms") else None
+
+
+def missing_stage(*stages: str) -> str | None:
+    """Why one of ``stages`` (e.g. "generate", "data") cannot be imported here (its extra is not
+    installed), or None when all import."""
+    import importlib
+
+    from stablerep_fast._deps import MissingExtraError
+
+    for stage in stages:
+        try:
+            importlib.import_module(f"stablerep_fast.{stage}")
+        except MissingExtraError as exc:
+            return str(exc)
+    return None
+
+
 def error_text(exc: BaseException) -> str:
     """One line naming the exception (for a record's ``error``)."""
     text = str(exc).strip()

@@ -11,9 +11,8 @@ autocast on GPU, fp32 on CPU), each an AdamW step timed with the shared harness:
                folder), then model + loss + step: what a training loop does per step.
 
 The model is the training stage's (``stablerep_fast.train.build_model`` of a preset: "tiny"
-on CPU, "vit_b16" at 224 px on GPU), built through its public API only; when that stage is
-not importable, a timm ViT with a linear head stands in. The issue's target: end-to-end at
-least 0.9 x model (loss and data add under 10%).
+on CPU, "vit_b16" at 224 px on GPU); the suite needs the ``train`` extra. The target: end-to-end
+at least 0.9 x model (loss and data add under 10%).
 
 Each record: suite, backend (the variant), device, dtype, model, image_size,
 captions_per_batch, images_per_caption, batch (images per step), ms (median per step),
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from stablerep_fast.bench.report import error_text, skipped
+from stablerep_fast.bench.report import error_text, missing_stage, set_speedup, skipped
 from stablerep_fast.bench.timing import peak_memory_mb, time_fn
 
 TITLE = "train: images/s of a training step, end to end vs the model alone"
@@ -45,51 +44,8 @@ def defaults(device: str, quick: bool) -> dict:
 
 
 def unavailable() -> str | None:
-    """Why the suite cannot run here, or None."""
-    try:
-        import timm  # noqa: F401
-    except ImportError as exc:
-        return f"needs timm ({exc})"
-    return None
-
-
-class _TimmStandIn(torch.nn.Module):
-    """A timm backbone + linear head, for when the training stage cannot be imported."""
-
-    def __init__(self, name: str, model_kwargs: dict, head_dim: int):
-        import timm
-
-        super().__init__()
-        self.backbone = timm.create_model(name, pretrained=False, num_classes=0, **model_kwargs)
-        self.head = torch.nn.Linear(self.backbone.num_features, head_dim)
-
-    def forward(self, images: torch.Tensor, views: int) -> dict:
-        return {"feats": self.head(self.backbone(images))}
-
-
-# The settings of the training stage's presets, used when it cannot be imported.
-_FALLBACK_PRESETS = {
-    "tiny": dict(model="vit_tiny_patch16_224", model_kwargs={"img_size": 32, "patch_size": 4, "depth": 4}, image_size=32,
-                 captions_per_batch=32, images_per_caption=4, head_dim=128, temperature=0.1),
-    "vit_b16": dict(model="vit_base_patch16_224", model_kwargs={}, image_size=224, captions_per_batch=1344,
-                    images_per_caption=6, head_dim=256, temperature=0.1),
-}  # fmt: skip
-
-
-def build_train_model(preset: str) -> tuple[torch.nn.Module, dict]:
-    """(model, settings) for ``preset``: the training stage's model where it imports, else the stand-in."""
-    try:
-        from stablerep_fast.train import build_model
-        from stablerep_fast.train import preset as train_preset
-
-        config = train_preset(preset)
-        settings = dict(model=config.model, image_size=config.image_size, captions_per_batch=config.captions_per_batch,
-                        images_per_caption=config.images_per_caption, temperature=config.temperature)  # fmt: skip
-        return build_model(config), settings
-    except ImportError:
-        settings = dict(_FALLBACK_PRESETS[preset])
-        model = _TimmStandIn(settings.pop("model"), settings.pop("model_kwargs"), settings.pop("head_dim"))
-        return model, {"model": _FALLBACK_PRESETS[preset]["model"], **settings}
+    """Why the suite cannot run here (the training stage, and shapes shards for end-to-end), or None."""
+    return missing_stage("train", "generate")
 
 
 def _next_batch(loader):
@@ -117,27 +73,29 @@ def run_train_suite(
     repeats: int = 3,
 ) -> list[dict]:
     """The variants (default: all three) of one training step; see the module docstring."""
-    from stablerep_fast.ops.multipos import multipos_con_loss
+    from stablerep_fast.ops import multipos_con_loss
+    from stablerep_fast.train import build_model
+    from stablerep_fast.train import preset as train_preset
 
     dev = torch.device(device)
     variants = list(VARIANTS if variants is None else variants)
     records = [skipped("train", v, dev.type, f"unknown variant; choose from {list(VARIANTS)}") for v in variants if v not in VARIANTS]
     variants = [v for v in variants if v in VARIANTS]
     torch.manual_seed(0)
-    model, settings = build_train_model(preset)
-    n = captions_per_batch or settings["captions_per_batch"]
-    m, size = settings["images_per_caption"], settings["image_size"]
-    model = model.to(dev).train()
+    config = train_preset(preset)
+    n = captions_per_batch or config.captions_per_batch
+    m, size = config.images_per_caption, config.image_size
+    model = build_model(config).to(dev).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=0.1)
     bf16 = dev.type == "cuda"
-    base = dict(suite="train", device=dev.type, dtype="bfloat16" if bf16 else "float32", model=settings["model"],
+    base = dict(suite="train", device=dev.type, dtype="bfloat16" if bf16 else "float32", model=config.model,
                 image_size=size, captions_per_batch=n, images_per_caption=m, batch=n * m)  # fmt: skip
 
     def step(images: torch.Tensor, labels: torch.Tensor, with_loss: bool) -> None:
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             feats = model(images, m)["feats"]
         if with_loss:
-            loss = multipos_con_loss(feats.float(), labels, settings["temperature"])
+            loss = multipos_con_loss(feats.float(), labels, config.temperature)
         else:
             loss = feats.float().square().mean()
         optimizer.zero_grad(set_to_none=True)
@@ -171,9 +129,7 @@ def run_train_suite(
                 record.update(ms=None, error=error_text(exc))
                 continue
             record.update(ms=timing.median_ms, p90_ms=timing.p90_ms, throughput=n * m / (timing.median_ms * 1e-3))
-    model_ms = next((r["ms"] for r in measured if r["backend"] == "model" and r.get("ms")), None)
+    set_speedup(measured, "model")
     for r in measured:
-        if r.get("ms") and model_ms:
-            r["speedup"] = model_ms / r["ms"]
-            r["overhead_frac"] = 1 - r["speedup"]
+        r["overhead_frac"] = None if r["speedup"] is None else 1 - r["speedup"]
     return measured + records

@@ -7,6 +7,10 @@
 
 from __future__ import annotations
 
+from stablerep_fast._deps import require_extra
+
+require_extra("data")  # before the imports that need it: one line, not a traceback
+
 import importlib.util
 import logging
 import os

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, fields
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -120,7 +120,8 @@ class GroupLoader:
     """Iterating yields ``(images, labels)`` from the current ``step`` to the end of its epoch:
     images [n*m, 3, S, S] float32 normalised on ``device``, labels [n*m] int64 caption ids,
     view-major (``labels == labels[:n].repeat(m)``). Iterate again for the next epoch.
-    ``state_dict()`` / ``load_state_dict()`` save and restore the position."""
+    ``state_dict()`` / ``load_state_dict()`` save and restore the position; ``caption_texts(ids)``
+    gives the caption of each id (the text tower's input)."""
 
     def __init__(
         self,
@@ -136,6 +137,8 @@ class GroupLoader:
         self.image_size, self.augment, self.device, self.num_workers = image_size, augment, device, num_workers
         self.step = 0
         self.skipped = SkipCounts()
+        self._texts: dict[int, str] = {}
+        self._by_id: dict | None = None
 
     def __len__(self) -> int:
         """Batches per epoch on this rank."""
@@ -150,6 +153,15 @@ class GroupLoader:
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
+
+    def caption_texts(self, caption_ids: Sequence[int]) -> list[str]:
+        """The caption text of each id, read from its ``KEY.json`` once and remembered."""
+        if self._by_id is None:
+            self._by_id = {c.caption_id: c for c in self.index.captions}
+        for i in caption_ids:
+            if i not in self._texts:
+                self._texts[i] = self._by_id[i].info()["caption"]
+        return [self._texts[i] for i in caption_ids]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for images, labels, counts in self._run(self.sampler.batches(self.step)):

@@ -11,6 +11,10 @@ Public API:
     shapes                                  the procedural generator: make_captions, render
 """
 
+from stablerep_fast._deps import require_extra
+
+require_extra("generate")  # before the imports that need it: one line, not a traceback
+
 from stablerep_fast.generate import shapes
 from stablerep_fast.generate.captions import Captions, read_captions
 from stablerep_fast.generate.config import GenerateConfig, GenerateError

@@ -1,7 +1,8 @@
 """The training settings, one dataclass; its defaults are the ViT-B/16 recipe of docs/method.md.
 
 ``PRESETS["tiny"]`` trains a small ViT at 32 px in seconds on a CPU (tests, the demo);
-``PRESETS["vit_b16"]`` is the recipe. Configs round-trip through YAML (``save``/``load``).
+``PRESETS["vit_b16"]`` is the recipe. Configs round-trip through YAML (``save``/``load``);
+``resolve_config`` layers preset, YAML file, "FIELD=YAML" overrides and explicit settings.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Sequence
 
 import yaml
 
@@ -221,4 +223,22 @@ def preset(name: str, **overrides) -> TrainConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {list(PRESETS)}")
     return replace(copy.deepcopy(PRESETS[name]), **overrides)
+
+
+def resolve_config(
+    preset_name: str = "vit_b16",
+    config_file: str | Path | None = None,
+    sets: Sequence[str] = (),
+    **settings,
+) -> TrainConfig:
+    """The settings of a run, each layer over the one before: the preset, then the YAML file
+    (only the fields it names), then ``sets`` ("FIELD=YAML" strings, e.g. "model_kwargs={depth: 4}",
+    as ``stablerep-fast train --set`` takes them), then ``settings`` (None values ignored).
+    ConfigError names the first bad layer or field."""
+    values = preset(preset_name).to_dict()
+    if config_file is not None:
+        values.update(read_settings(config_file))  # only the fields the file sets
+    values.update(parse_override(item) for item in sets)
+    values.update({name: value for name, value in settings.items() if value is not None})
+    return TrainConfig.from_dict(values)
 

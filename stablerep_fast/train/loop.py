@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from stablerep_fast.errors import CheckpointError, OutputError, env_int
-from stablerep_fast.ops import multipos_clip_loss, multipos_con_loss
+from stablerep_fast.ops import MultiPosConLoss, MultiPosConLossMM
 from stablerep_fast.train.checkpoint import (
     CHECKPOINT,
     load_checkpoint,
@@ -44,13 +44,15 @@ log = logging.getLogger("stablerep_fast.train")
 
 
 class Loader(Protocol):
-    """What the loop needs of a loader (``stablerep_fast.data.build_loader`` gives one):
+    """What the loop reads of a loader (``stablerep_fast.data.build_loader`` gives one):
     iterating yields (images [n*m, 3, S, S], labels [n*m]) view-major from the current
-    position to the end of an epoch; the position round-trips through a state dict."""
+    position to the end of an epoch; the position round-trips through a state dict; and, for
+    the text tower only (``config.text``), ``caption_texts(ids)`` gives each caption id's text."""
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
+    def caption_texts(self, caption_ids: Sequence[int]) -> list[str]: ...
 
 
 @dataclass
@@ -67,24 +69,11 @@ class TrainSummary:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
-class _IndexCaptions:
-    """Caption texts by caption id, read from the shards' ``KEY.json`` on first use."""
-
-    def __init__(self, index):
-        self._by_id = {c.caption_id: c for c in index.captions}
-        self._texts: dict[int, str] = {}
-
-    def __getitem__(self, caption_id: int) -> str:
-        if caption_id not in self._texts:
-            self._texts[caption_id] = self._by_id[caption_id].info()["caption"]
-        return self._texts[caption_id]
-
-
-def train(config: TrainConfig, loader: Loader | None = None, captions=None) -> TrainSummary:
+def train(config: TrainConfig, loader: Loader | None = None) -> TrainSummary:
     """Train ``config`` and return a summary; under torchrun every rank calls this.
 
-    loader:   this rank's batches; None builds one from ``config.data`` (stablerep_fast.data).
-    captions: caption text by caption id, for the text tower; None reads them from the shards.
+    loader: this rank's batches (see ``Loader``); None builds one from ``config.data``
+            (stablerep_fast.data), whose caption texts come from the shards.
     """
     # 1. Processes, device, seeds; the run folder and the run it may hold, checked before anything is written.
     owns_group = _init_distributed()
@@ -97,8 +86,9 @@ def train(config: TrainConfig, loader: Loader | None = None, captions=None) -> T
 
     # 2. Data, model, optimizer, schedule.
     loader = loader if loader is not None else _build_loader(config, device, rank, world)
-    if config.text and captions is None:
-        captions = _IndexCaptions(loader.index)
+    if config.text and not callable(getattr(loader, "caption_texts", None)):
+        raise ConfigError("text=True needs a loader with caption_texts(caption_ids) (build_loader's loaders have it)")
+    criterion = _criterion(config)
     tokenizer = Tokenizer(config.context_length) if config.text else None
     model = build_model(config).to(device)
     optimizer = build_optimizer(model, config)
@@ -130,9 +120,9 @@ def train(config: TrainConfig, loader: Loader | None = None, captions=None) -> T
         images, labels = next(batches)
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         n = labels.shape[0] // config.images_per_caption
-        tokens = tokenizer([captions[int(i)] for i in labels[:n].tolist()]).to(device) if tokenizer else None
+        tokens = tokenizer(loader.caption_texts(labels[:n].tolist())).to(device) if tokenizer else None
         with autocast:
-            terms = _loss(ddp(images, config.images_per_caption, tokens), labels, n, config)
+            terms = _loss(criterion, ddp(images, config.images_per_caption, tokens), labels, n)
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         optimizer.step()
@@ -193,15 +183,21 @@ def previous_run(config: TrainConfig) -> dict | None:
     return state
 
 
-def _loss(outputs: dict, labels: torch.Tensor, n: int, config: TrainConfig) -> dict:
-    image_loss = multipos_con_loss(outputs["feats"], labels, config.temperature, backend=config.loss_backend)
-    if "text_emb" not in outputs:
-        return {"loss": image_loss}
-    text_loss = multipos_clip_loss(
-        outputs["image_emb"], outputs["text_emb"], labels, labels[:n], outputs["logit_scale"], backend=config.loss_backend
-    )
-    loss = config.image_loss_weight * image_loss + config.text_loss_weight * text_loss
-    return {"loss": loss, "image_loss": image_loss, "text_loss": text_loss, "logit_scale": outputs["logit_scale"]}
+def _criterion(config: TrainConfig) -> MultiPosConLoss | MultiPosConLossMM:
+    """The public loss module of the run: image-image, or (StableRep+) with the image-text term."""
+    if config.text:
+        return MultiPosConLossMM(config.temperature, config.image_loss_weight, config.text_loss_weight,
+                                 backend=config.loss_backend)  # fmt: skip
+    return MultiPosConLoss(config.temperature, backend=config.loss_backend)
+
+
+def _loss(criterion, outputs: dict, labels: torch.Tensor, n: int) -> dict:
+    """The criterion's terms for the log (the first view's labels are the texts' caption ids)."""
+    if isinstance(criterion, MultiPosConLoss):
+        return {"loss": criterion(outputs["feats"], labels)["loss"]}
+    terms = criterion({"image_feats": outputs["feats"], "image_emb": outputs["image_emb"], "text_emb": outputs["text_emb"],
+                       "image_labels": labels, "text_labels": labels[:n], "logit_scale": outputs["logit_scale"]})  # fmt: skip
+    return {**terms, "logit_scale": outputs["logit_scale"]}
 
 
 def _forever(loader: Iterable) -> Iterator:

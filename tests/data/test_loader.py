@@ -111,3 +111,13 @@ def test_corrupt_image_is_replaced_and_counted(tmp_path, backend, caplog):
     ((images, labels),) = list(with_m_below_k)
     assert images.shape[0] == 8 * (K - 1) and with_m_below_k.skipped.corrupt_images <= 1
     assert with_m_below_k.skipped.skipped_captions == 0
+
+
+def test_caption_texts_are_the_captions_file_lines(shards):
+    """What the trainer's text tower reads: the caption of each id, as written in the captions file."""
+    lines = (shards.parent / f"captions-{CAPTIONS}.txt").read_text().splitlines()
+    loader = _loader(shards, "torch")
+    _, labels = next(iter(loader))
+    ids = labels[:N].tolist()
+    assert loader.caption_texts(ids) == [lines[i] for i in ids]
+    assert loader.caption_texts([CAPTIONS - 1, 0]) == [lines[-1], lines[0]]

@@ -9,10 +9,14 @@ from stablerep_fast.train import preset
 
 
 class ListLoader:
-    """Yields fixed (images, labels) batches; ``step`` is the position, as in the real loader."""
+    """Yields fixed (images, labels) batches; ``step`` is the position and ``caption_texts``
+    the captions (a dict by id), as in the real loader."""
 
-    def __init__(self, batches):
-        self.batches, self.step = batches, 0
+    def __init__(self, batches, captions=None):
+        self.batches, self.step, self.captions = batches, 0, captions or {}
+
+    def caption_texts(self, caption_ids):
+        return [self.captions[i] for i in caption_ids]
 
     def __iter__(self):
         """From the current position to the end of its epoch."""

@@ -53,11 +53,11 @@ def test_resume_equals_an_uninterrupted_run(shards, micro_config, tmp_path):
 def test_text_tower_trains_with_the_image_text_loss(micro_config):
     config = replace(micro_config, text=True, steps=4)
     captions = {i: f"a small red {['star', 'ring', 'cross', 'square'][i]} on a grey background" for i in range(4)}
-    summary = train(config, ListLoader([view_major_batch(4, 2, 16)]), captions)
+    summary = train(config, ListLoader([view_major_batch(4, 2, 16)], captions))
     assert all(torch.isfinite(torch.tensor(summary.losses)))
     log = [json.loads(line) for line in (Path(config.out) / "log.jsonl").read_text().splitlines()]
-    assert {"image_loss", "text_loss", "logit_scale"} <= log[-1].keys()
-    assert abs(log[-1]["loss"] - log[-1]["image_loss"] - log[-1]["text_loss"]) < 1e-4
+    assert {"image_loss", "img_txt_loss", "logit_scale"} <= log[-1].keys()
+    assert abs(log[-1]["loss"] - log[-1]["image_loss"] - log[-1]["img_txt_loss"]) < 1e-4
 
 
 def test_logit_scale_is_clamped_at_100(micro_config):

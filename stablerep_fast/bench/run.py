@@ -1,0 +1,100 @@
+"""``run_bench``: the suites one after another, tables for people, JSON and charts on request.
+
+What ``stablerep-fast bench`` / ``python -m stablerep_fast.bench`` runs once the command line
+is parsed; callable from Python with the same arguments.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from stablerep_fast.bench.report import environment, format_environment, format_suite
+from stablerep_fast.bench.suites import SUITE_TABLE, SUITES, run_suite
+
+
+class BenchError(ValueError):
+    """A request the bench cannot serve (unknown suite, no GPU for --device cuda), as one line."""
+
+
+def resolve_device(device: str | None) -> str:
+    """``device``, or "cuda" when torch sees a GPU and "cpu" otherwise; BenchError for a CUDA
+    request without a GPU."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise BenchError(f"unknown device {device!r}; choose cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BenchError("--device cuda but torch sees no CUDA device")
+    return device
+
+
+def check_suites(suites: list[str] | None) -> list[str]:
+    """The suites to run (default: all), BenchError naming any unknown one."""
+    suites = list(SUITES) if suites is None else list(suites)
+    unknown = sorted(set(suites) - set(SUITES))
+    if unknown:
+        raise BenchError(f"unknown suite(s) {unknown}; available: {list(SUITES)}")
+    return suites
+
+
+def write_json(records: list[dict], path: str | Path) -> Path:
+    """The records as a JSON list at ``path`` (folders made as needed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(records, indent=1))
+    return path
+
+
+def run_bench(
+    suites: list[str] | None = None,
+    device: str | None = None,
+    *,
+    quick: bool = False,
+    repeats: int | None = None,
+    overrides: dict[str, dict] | None = None,
+    json_path: str | Path | None = None,
+    plot_dir: str | Path | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """Run ``suites`` (default: all) on ``device`` (default: cuda when available) and return the records.
+
+    quick:     each suite's small sweep; repeats: timed repetitions per case (every suite)
+    overrides: per suite, settings over its defaults, e.g. {"loss": {"sizes": [8192]}} (None values ignored)
+    json_path: also write the records there; plot_dir: PNG charts there (needs matplotlib)
+    echo:      where the tables for people go (default: printed as each suite ends)
+    """
+    from stablerep_fast.bench.plot import missing_dependency, plot_records
+
+    echo = echo or _say
+    device = resolve_device(device)
+    suites = check_suites(suites)
+    if plot_dir is not None and missing_dependency():
+        raise BenchError(missing_dependency())
+    env = environment(device)
+    echo(format_environment(env))
+    if device == "cpu":
+        echo("no GPU in use: CPU variants only (GPU-only backends are listed as skipped; GPU tables need --device cuda)")
+    records: list[dict] = []
+    for name in suites:
+        settings = dict((overrides or {}).get(name, {}), repeats=repeats)
+        suite_records = run_suite(name, device, quick, versions=env, **settings)
+        echo("\n" + format_suite(SUITE_TABLE[name].title, suite_records, SUITE_TABLE[name].columns))
+        records += suite_records
+    skips = [r for r in records if r.get("skipped")]
+    if skips:
+        echo(f"\nskipped {len(skips)} variant(s):")
+        for r in skips:
+            echo(f"  {r['suite']} {r['backend']}: {r['skipped']}")
+    if json_path is not None:
+        echo(f"\nwrote {len(records)} records to {write_json(records, json_path)}")
+    if plot_dir is not None:
+        paths = plot_records(records, plot_dir)
+        echo(f"wrote {len(paths)} charts to {plot_dir}: {', '.join(p.name for p in paths)}")
+    return records
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
