@@ -5,7 +5,12 @@ Public API (everything else is reachable through the stage subpackages):
     multipos_con_loss, multipos_clip_loss   the StableRep / StableRep+ losses
     MultiPosConLoss, MultiPosConLossMM      drop-in modules (reference calling convention)
     available_backends                      which loss backends run on a device and dtype
+    MissingExtraError                       a stage imported without its extra (one-line message)
+
+The bare install is the loss alone; stages (generate, data, train, ...) need their extras.
 """
+
+from stablerep_fast._deps import MissingExtraError
 
 from stablerep_fast.ops import (
     MultiPosConLoss,
@@ -18,6 +23,7 @@ from stablerep_fast.ops import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "MissingExtraError",
     "MultiPosConLoss",
     "MultiPosConLossMM",
     "available_backends",

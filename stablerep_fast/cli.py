@@ -280,8 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_missing(subparsers, name: str, exc: MissingExtraError) -> None:
     """A subcommand whose stage cannot be imported here: it prints the one-line hint and exits 2."""
     p = subparsers.add_parser(name, help=f"(not installed) {exc}", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=lambda args: _fail(exc))
+    p.set_defaults(func=lambda args: _fail(exc), takes_any_arguments=True)
 
 
 def _fail(exc: Exception) -> int:
@@ -292,7 +291,10 @@ def _fail(exc: Exception) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``stablerep-fast`` console script. A problem with the user's input or
     environment is one line on stderr (what, where, what to do) and exit code 2."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "takes_any_arguments", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.func(args)
     except (StableRepError, ValueError, MissingExtraError) as exc:  # MissingExtraError: a stage imported lazily

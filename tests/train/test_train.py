@@ -9,7 +9,8 @@ import torch
 from conftest import ListLoader, view_major_batch
 
 from stablerep_fast.generate import GenerateConfig, generate, shapes
-from stablerep_fast.train import CHECKPOINT, ConfigError, TrainConfig, Tokenizer, build_model, load_checkpoint, preset, train
+from stablerep_fast.train import (CHECKPOINT, ConfigError, TrainConfig, Tokenizer, build_model, load_checkpoint, preset,
+                                  resolve_config, train)
 from stablerep_fast.train.optim import param_groups, warmup_cosine
 
 
@@ -113,3 +114,16 @@ def test_checkpoint_is_written_atomically(micro_config):
     assert files == ["checkpoint.pt", "config.yaml", "log.jsonl"]  # no temporary file left behind
     state = load_checkpoint(summary.checkpoint)
     assert {"model", "optimizer", "scheduler", "loader", "rng", "step", "config"} <= state.keys()
+
+
+def test_resolve_config_layers_preset_file_sets_then_settings(tmp_path):
+    (tmp_path / "run.yaml").write_text("steps: 7\nseed: 1\nimage_size: 48\n")
+    config = resolve_config("tiny", tmp_path / "run.yaml", ["seed=2", "model_kwargs={depth: 2}"], seed=3, image_size=None)
+    tiny = preset("tiny")
+    assert (config.steps, config.seed, config.image_size) == (7, 3, 48)  # file < sets < settings; None keeps
+    assert config.model_kwargs == {"depth": 2} and config.head_dim == tiny.head_dim
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    for bad, match in ((dict(config_file=tmp_path / "none.yaml"), "no such file"), (dict(config_file=tmp_path / "list.yaml"), "mapping"),
+                       (dict(sets=["steps"]), "FIELD=VALUE"), (dict(sets=["stepz=1"]), "stepz")):  # fmt: skip
+        with pytest.raises(ConfigError, match=match):
+            resolve_config("tiny", **bad)
