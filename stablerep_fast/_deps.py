@@ -11,24 +11,28 @@ from __future__ import annotations
 
 import importlib.util
 
-# The third-party modules each stage imports (module name -> the distribution pip installs).
+# The third-party modules each stage imports when it is imported (module -> the distribution
+# pip installs), and the extra that brings them. The text tower's open_clip is checked when a
+# text model is built (``train`` extra too).
 STAGE_MODULES = {
     "generate": {"diffusers": "diffusers", "transformers": "transformers", "PIL": "pillow", "tqdm": "tqdm"},
     "data": {"torchvision": "torchvision", "PIL": "pillow"},
-    "train": {"timm": "timm", "open_clip": "open_clip_torch", "yaml": "pyyaml", "tqdm": "tqdm",
-              "torchvision": "torchvision", "PIL": "pillow"},
-}  # fmt: skip
-STAGE_MODULES["all"] = {k: v for stage in ("generate", "data", "train") for k, v in STAGE_MODULES[stage].items()}
+    "train": {"timm": "timm", "yaml": "pyyaml", "tqdm": "tqdm"},
+    "eval": {"timm": "timm", "yaml": "pyyaml", "PIL": "pillow"},
+}
+STAGE_MODULES["demo"] = {k: v for stage in ("generate", "data", "train") for k, v in STAGE_MODULES[stage].items()}
+TEXT_TOWER_MODULES = {"open_clip": "open_clip_torch"}  # train's StableRep+ text tower, when built
+STAGE_EXTRA = {"generate": "generate", "data": "data", "train": "train", "eval": "train", "demo": "all"}
 
 
 class MissingExtraError(ImportError):
     """A stage imported without its extra; the message is one line: what is missing and the pip command."""
 
 
-def missing_modules(extra: str) -> list[str]:
-    """The distributions of ``extra`` that cannot be imported here."""
+def missing_modules(modules: dict[str, str]) -> list[str]:
+    """The distributions of ``modules`` (module -> distribution) that cannot be imported here."""
     missing = []
-    for module, dist in STAGE_MODULES[extra].items():
+    for module, dist in modules.items():
         try:
             found = importlib.util.find_spec(module) is not None
         except (ImportError, ValueError):  # a parent package that fails to import, or a broken spec
@@ -38,11 +42,12 @@ def missing_modules(extra: str) -> list[str]:
     return missing
 
 
-def require_extra(stage: str, extra: str | None = None) -> None:
-    """Raise MissingExtraError unless the modules of ``extra`` (default: the stage's name) import."""
-    extra = extra or stage
-    missing = missing_modules(extra)
+def require_extra(stage: str, modules: dict[str, str] | None = None, extra: str | None = None) -> None:
+    """Raise MissingExtraError unless ``modules`` (default: the stage's) import; the message
+    names ``extra`` (default: the stage's)."""
+    missing = missing_modules(STAGE_MODULES[stage] if modules is None else modules)
     if missing:
+        extra = extra or STAGE_EXTRA[stage]
         raise MissingExtraError(
             f"stablerep_fast.{stage} needs the '{extra}' extra ({', '.join(missing)} not installed): "
             f"pip install 'stablerep_fast[{extra}]'"

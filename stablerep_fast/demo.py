@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from stablerep_fast._deps import require_extra
 
-require_extra("demo", "all")  # before the imports that need it: one line, not a traceback
+require_extra("demo")  # before the imports that need it: one line, not a traceback
 
 import json
 import os

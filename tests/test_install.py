@@ -19,7 +19,7 @@ from helpers import assert_close
 
 import reference
 import stablerep_fast
-from stablerep_fast._deps import STAGE_MODULES
+from stablerep_fast._deps import STAGE_EXTRA, STAGE_MODULES, TEXT_TOWER_MODULES
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
@@ -28,7 +28,6 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text()) if (ROOT / "pyp
 # What a stage may import and the bare install must not: the libraries the issue names, as
 # import names (the hook below refuses them and everything under them).
 BLOCKED = ["diffusers", "transformers", "timm", "open_clip", "torchvision", "nvidia.dali", "webdataset"]
-STAGE_EXTRA = {"generate": "generate", "data": "data", "train": "train", "eval": "train", "demo": "all"}
 F64 = dict(rtol=1e-4, atol=1e-5)  # float32 loss against the float64 reference
 
 
@@ -62,7 +61,8 @@ def test_base_requirements_name_no_stage_library():
 @needs_pyproject
 def test_each_stage_extra_installs_what_its_hint_checks():
     """The one-line hint names an extra: that extra must install every module the stage checks."""
-    for extra, modules in STAGE_MODULES.items():
+    checks = [(STAGE_EXTRA[stage], modules) for stage, modules in STAGE_MODULES.items()] + [("train", TEXT_TOWER_MODULES)]
+    for extra, modules in checks:
         installs = _extra(extra)
         for module, dist in modules.items():
             assert dist.replace("_", "-") in installs, f"the '{extra}' extra does not install {dist} ({module})"

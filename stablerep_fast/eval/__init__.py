@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from stablerep_fast._deps import require_extra
 
-require_extra("eval", "train")  # before the imports that need it: one line, not a traceback
+require_extra("eval")  # before the imports that need it: one line, not a traceback
 
 from dataclasses import dataclass
 

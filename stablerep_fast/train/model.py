@@ -10,10 +10,9 @@ import timm
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
-from open_clip.tokenizer import SimpleTokenizer
-from open_clip.transformer import TextTransformer
 from torch import nn
 
+from stablerep_fast._deps import TEXT_TOWER_MODULES, require_extra
 from stablerep_fast.ops.distributed import active_group
 from stablerep_fast.train.config import TrainConfig
 
@@ -67,6 +66,9 @@ class Tokenizer:
     vocab_size = 49408
 
     def __init__(self, context_length: int):
+        require_extra("train", TEXT_TOWER_MODULES)
+        from open_clip.tokenizer import SimpleTokenizer
+
         self._tokenize = SimpleTokenizer(context_length=context_length)
 
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:
@@ -78,7 +80,7 @@ class StableRepModel(nn.Module):
     """``forward(images, views, tokens=None)`` -> dict with ``feats`` [N, head_dim] for the
     image-image loss; with the text tower also ``image_emb``, ``text_emb``, ``logit_scale``."""
 
-    def __init__(self, backbone: nn.Module, head: ProjectionHead, text: TextTransformer | None = None, embed_dim: int = 0):
+    def __init__(self, backbone: nn.Module, head: ProjectionHead, text: nn.Module | None = None, embed_dim: int = 0):
         super().__init__()
         self.backbone, self.head, self.text = backbone, head, text
         if text is not None:
@@ -110,6 +112,9 @@ def build_model(config: TrainConfig) -> StableRepModel:
     head = ProjectionHead(backbone.num_features, config.head_hidden, config.head_dim)
     text = None
     if config.text:
+        require_extra("train", TEXT_TOWER_MODULES)
+        from open_clip.transformer import TextTransformer
+
         text = TextTransformer(
             context_length=config.context_length, vocab_size=Tokenizer.vocab_size, width=config.text_width,
             heads=config.text_heads, layers=config.text_layers, output_dim=config.embed_dim,
