@@ -33,7 +33,11 @@ def _add_bench(subparsers) -> None:
                    help="comma list of loss,generate,data,train (default: every suite that can run here)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     p.add_argument("--quick", action="store_true", help="small sweeps: a few minutes on a 2-core CPU (loss still at N = 8192)")
-    p.add_argument("--json", type=Path, default=None, help="write the records (a JSON list) to this file")
+    p.add_argument("--validate", action="store_true",
+                   help="check this machine in one go: extension build, gpu tests, every suite at fixed sizes within "
+                        "time budgets (under 8 minutes on an H100/H200; small sizes on CPU); JSON + markdown table")  # fmt: skip
+    p.add_argument("--json", type=Path, default=None,
+                   help="write the records (a JSON list) to this file (--validate: default validate-DEVICE.json, and .md beside it)")  # fmt: skip
     p.add_argument("--plot", type=Path, default=None, metavar="DIR", help="write PNG charts here (needs matplotlib)")
     p.add_argument("--repeats", type=int, default=None, help="timed repetitions per case (every suite)")
     p.add_argument("--sizes", type=_csv(int), default=None, help="loss: N values")
@@ -51,6 +55,16 @@ def _add_bench(subparsers) -> None:
 
 def _run_bench(args: argparse.Namespace) -> int:
     from stablerep_fast.bench import BenchError, run_bench
+    from stablerep_fast.bench.run import resolve_device
+    from stablerep_fast.bench.validate import validate
+
+    if args.validate:
+        try:
+            device = resolve_device(args.device)
+        except BenchError as exc:
+            return _fail(exc)
+        summary = [r for r in validate(device, args.json or Path(f"validate-{device}.json")) if r["suite"] == "validate"]
+        return 1 if any(r["status"] in ("failed", "timeout") for r in summary) else 0
 
     overrides = {
         "loss": dict(sizes=args.sizes, dims=args.dims, dtypes=args.dtypes, backends=args.backends),
@@ -61,8 +75,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         run_bench(args.suite, args.device, quick=args.quick, repeats=args.repeats, overrides=overrides,
                   json_path=args.json, plot_dir=args.plot)  # fmt: skip
     except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(exc)
     return 0
 
 

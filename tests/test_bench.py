@@ -188,3 +188,34 @@ def test_module_entry_point_and_console_script_help():
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert "bench" in proc.stdout or "--suite" in proc.stdout
+
+
+def test_validate_on_cpu_runs_every_stage_and_writes_json_and_markdown(tmp_path, capsys):
+    """The one-command check, end to end on CPU (small sizes): the smoke test of the GPU flow."""
+    out = tmp_path / "validate.json"
+    assert main(["bench", "--device", "cpu", "--validate", "--json", str(out)]) == 0, capsys.readouterr().out
+    document = json.loads(out.read_text())
+    stages = {s["stage"]: s for s in document["stages"]}
+    assert list(stages) == ["build", "tests", "loss", "generate", "data", "train"]
+    assert all(s["status"] in ("ok", "skipped") for s in stages.values()), stages
+    assert stages["build"]["status"] == "skipped" and "already built" in stages["build"]["detail"]
+    assert stages["tests"]["detail"].startswith("0 passed, 0 failed, 0 errors")  # every gpu test skipped on a CPU
+    measured = {(r["suite"], r["backend"]) for r in document["records"] if not r.get("skipped") and r.get("ms")}
+    assert {("loss", "reference"), ("loss", "chunked"), ("loss", "cpp"), ("generate", "eager"), ("generate", "shapes"),
+            ("data", "torch"), ("train", "model"), ("train", "model+loss"), ("train", "end-to-end")} <= measured  # fmt: skip
+    for r in document["records"]:
+        if not r.get("skipped") and r["suite"] in SUITE_KEYS:
+            _check_fields(r)
+    text = out.with_suffix(".md").read_text()
+    assert text.startswith("# Validation on cpu") and "| stage | status | seconds | budget_s | detail |" in text
+    assert all(f"| {name} | {stages[name]['status']} |" in text for name in stages)
+    assert "## loss: forward + backward" in text and "| reference |" in text
+
+
+def test_validate_stops_a_stage_at_its_budget_and_goes_on(tmp_path):
+    from stablerep_fast.bench.validate import validate
+
+    records = validate("cpu", tmp_path / "v.json", stages=["loss", "build"], budgets={"loss": 0.5}, echo=lambda _: None)
+    summary = {r["stage"]: r for r in records if r["suite"] == "validate"}
+    assert summary["loss"]["status"] == "timeout" and summary["loss"]["seconds"] < 30
+    assert summary["build"]["status"] == "skipped"  # the next stage still ran

@@ -113,12 +113,19 @@ def run_case_isolated(case: LossCase) -> dict:
 
 
 def loss_backends(device: torch.device, dtype: torch.dtype, names: list[str] | None = None) -> tuple[list[str], dict[str, str]]:
-    """Backends to time and those left out with the reason: the given names (all timed), or
-    every available backend but the dispatchers, plus the compiled reference on GPUs (on CPU,
-    inductor's C++ build takes minutes: ask for it by name)."""
-    if names is not None:
-        return list(names), {}
+    """Backends to time and those left out with the reason: the given names (those that cannot
+    run here left out, unknown ones timed so that their record says why), or every available
+    backend but the dispatchers, plus the compiled reference on GPUs (on CPU, inductor's C++
+    build takes minutes: ask for it by name)."""
     run, skip = [], {}
+    if names is not None:
+        for name in names:
+            reason = unavailable_reason(name, device, dtype) if name in BACKENDS else None
+            if reason is None:
+                run.append(name)
+            else:
+                skip[name] = reason
+        return run, skip
     for name in BACKENDS:
         if name in DISPATCHERS:
             continue
