@@ -219,3 +219,13 @@ def test_validate_stops_a_stage_at_its_budget_and_goes_on(tmp_path):
     summary = {r["stage"]: r for r in records if r["suite"] == "validate"}
     assert summary["loss"]["status"] == "timeout" and summary["loss"]["seconds"] < 30
     assert summary["build"]["status"] == "skipped"  # the next stage still ran
+
+
+def test_validate_leaves_out_test_folders_whose_stage_is_missing(monkeypatch):
+    from stablerep_fast.bench import report
+    from stablerep_fast.bench.validate import SOURCE_ROOT, _test_folders_without_their_stage
+
+    hint = "stablerep_fast.generate needs the 'generate' extra (diffusers not installed): pip install 'stablerep_fast[generate]'"
+    monkeypatch.setattr(report, "missing_stage", lambda *stages: hint if "generate" in stages else None)
+    ignored = _test_folders_without_their_stage(SOURCE_ROOT / "tests")
+    assert set(ignored) == {"data", "eval", "generate", "train"} and set(ignored.values()) == {hint}  # ops/ still runs
