@@ -17,6 +17,7 @@ from stablerep_fast._deps import MissingExtraError
 from stablerep_fast.errors import StableRepError
 
 
+
 def _csv(kind):
     def parse(text: str) -> list:
         try:
