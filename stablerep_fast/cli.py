@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import json
 import os
 import sys
@@ -55,15 +56,12 @@ def _add_bench(subparsers) -> None:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from stablerep_fast.bench import BenchError, run_bench
+    from stablerep_fast.bench import run_bench
     from stablerep_fast.bench.run import resolve_device
     from stablerep_fast.bench.validate import validate
 
     if args.validate:
-        try:
-            device = resolve_device(args.device)
-        except BenchError as exc:
-            return _fail(exc)
+        device = resolve_device(args.device)  # BenchError (a ValueError): one line from main
         summary = [r for r in validate(device, args.json or Path(f"validate-{device}.json")) if r["suite"] == "validate"]
         return 1 if any(r["status"] in ("failed", "timeout") for r in summary) else 0
 
@@ -72,11 +70,8 @@ def _run_bench(args: argparse.Namespace) -> int:
         "generate": dict(backends=args.generate_backends, sd_model=args.sd_model),
         "data": dict(backends=args.loaders, workers=args.workers),
     }
-    try:
-        run_bench(args.suite, args.device, quick=args.quick, repeats=args.repeats, overrides=overrides,
-                  json_path=args.json, plot_dir=args.plot)  # fmt: skip
-    except BenchError as exc:
-        return _fail(exc)
+    run_bench(args.suite, args.device, quick=args.quick, repeats=args.repeats, overrides=overrides,
+              json_path=args.json, plot_dir=args.plot)  # fmt: skip
     return 0
 
 
@@ -294,12 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_missing(subparsers, name: str, exc: MissingExtraError) -> None:
     """A subcommand whose stage cannot be imported here: it prints the one-line hint and exits 2."""
     p = subparsers.add_parser(name, help=f"(not installed) {exc}", add_help=False)
-    p.set_defaults(func=lambda args: _fail(exc), takes_any_arguments=True)
+    p.set_defaults(func=functools.partial(_raise, exc), takes_any_arguments=True)
 
 
-def _fail(exc: Exception) -> int:
-    print(f"error: {exc}", file=sys.stderr)
-    return 2
+def _raise(exc: Exception, args: argparse.Namespace) -> int:
+    raise exc  # main turns it into one line and exit code 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,7 @@ from typing import Callable
 
 import stablerep_fast
 from stablerep_fast._deps import STAGE_EXTRA
+from stablerep_fast.atomic import atomic_write
 
 STAGES = ("build", "tests", "loss", "generate", "data", "train")
 # Seconds per stage (a ceiling, not an estimate). GPU: about 8 minutes at most in all on an
@@ -173,8 +174,7 @@ def _run_in_child(stage: str, device: str, budget: float) -> dict:
 
 def _child(stage: str, device: str, budget: float, result_path: str) -> None:
     def save(result: dict) -> None:  # also partial results, kept if the stage runs over its budget
-        Path(result_path + ".tmp").write_text(json.dumps(result, default=str))
-        os.replace(result_path + ".tmp", result_path)
+        atomic_write(result_path, json.dumps(result, default=str).encode())
 
     try:
         result = STAGE_FUNCTIONS[stage](device, budget, save)
