@@ -1,8 +1,9 @@
 """The DALI backend: an external source fed by the shared sampler (Python reads exactly the m
 chosen images of each caption through the index, so groups match the torch backend), then DALI
-decodes with the random-crop ROI and augments. On a GPU the decoder is "mixed" (nvJPEG, only
-the crop window decoded) and every augmentation runs on the GPU; the batch reaches torch by
-DLPack and one device-to-device copy, never through host memory. With ``device="cpu"`` the same
+decodes with the random-crop ROI and augments. A reader thread reads the next batches' files
+while the consumer trains, and one pipeline serves every pass (reset between epochs). On a GPU
+the decoder is "mixed" (nvJPEG, only the crop window decoded) and every augmentation runs on the
+GPU; the batch reaches torch by DLPack and one device-to-device copy, never through host memory. With ``device="cpu"`` the same
 graph runs CPU-only (``device_id=None``), which is how CI tests it.
 
 Python checks each image before feeding it (whole JPEG/PNG, recorded CRC-32; see loader.py), so
@@ -10,16 +11,18 @@ damage on disk never reaches the decoder. An image the decoder still refuses (a 
 before checksums were recorded, or an encoder's bad file) fails DALI's whole batch: the loader
 then decodes that batch's images on the CPU with PIL, logs and counts the ones that fail, and
 rebuilds the pipeline from that batch without them; if PIL decodes them all, the batch is
-skipped (counted), and a second such batch in a row is an error (not a damaged file). The rule does not depend on where DALI decodes, so "mixed" (GPU) decoding is
-handled the same way as the CPU decoder.
+skipped (counted), and a second such batch in a row is an error (not a damaged file). The rule
+does not depend on where DALI decodes, so "mixed" (GPU) decoding is handled the same way.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import nvidia.dali.fn as fn
@@ -100,76 +103,184 @@ class _Fed:
     members: list[Member]  # empty: no readable caption, nothing fed
 
 
+class _Reader:
+    """A thread that reads the next batches' files (``read(batch)`` -> (encoded images, _Fed))
+    while the consumer trains, at most ``depth`` batches ahead. ``get()`` returns the next item,
+    or None at the end of the batches; the thread's error is raised there (and ``failed`` set)."""
+
+    _END = object()
+
+    def __init__(self, read: Callable[[GroupBatch], tuple[list[np.ndarray], _Fed]], batches: Iterator[GroupBatch], depth: int):
+        self.failed = False
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, args=(read, batches), name="dali-reader", daemon=True)
+        self._thread.start()
+
+    def _work(self, read, batches) -> None:
+        try:
+            for batch in batches:
+                if not self._put(read(batch)):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, who raises it
+            self._put(exc)
+            return
+        self._put(self._END)
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def get(self) -> tuple[list[np.ndarray], _Fed] | None:
+        if self._stop.is_set():
+            return None
+        item = self._queue.get()
+        if item is self._END:
+            self._stop.set()
+            return None
+        if isinstance(item, BaseException):
+            self._stop.set()
+            self.failed = True
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Stop reading (the pass ended, possibly early) and wait for the thread."""
+        self._stop.set()
+        self._thread.join()
+
+
 class DaliLoader(GroupLoader):
+    """One DALI pipeline for the loader's life: built at the first pass, reset between passes,
+    rebuilt only after a decoder failure. A reader thread feeds it, so file reads overlap
+    training. Augmentation randomness comes from one seed at the build: a pass resumed at step s
+    forms the same groups as an uninterrupted run, and the same images with ``augment="none"``."""
+
+    prefetch = 2  # batches DALI works ahead, and batches the reader holds beyond those
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.undecodable: set[Member] = set()  # images DALI's decoder refused, never fed again
         self._unexplained = -2  # the last batch DALI failed on although PIL decodes all its images
+        self._pipe = None
+        self._reader: _Reader | None = None
+        self._pending: deque[_Fed] = deque()  # read and fed to DALI, not yet returned, in order
+
+    def _read(self, batch: GroupBatch) -> tuple[list[np.ndarray], _Fed]:
+        images, labels, counts, members = read_batch(self.index, batch, self.sampler.m, _as_array, self.undecodable)
+        return images, _Fed(batch.step, labels, counts, members)
+
+    def _source(self) -> list[np.ndarray]:
+        """DALI's external source: the reader's next batch with images (batches with none are
+        only queued in ``_pending``); StopIteration ends the pass."""
+        while True:
+            item = self._reader.get() if self._reader is not None else None
+            if item is None:
+                raise StopIteration
+            images, fed = item
+            self._pending.append(fed)
+            if images:
+                return images
+
+    def _pipeline(self):
+        if self._pipe is None:
+            device_id = None  # a CPU-only pipeline
+            if self.device.type == "cuda":
+                device_id = torch.cuda.current_device() if self.device.index is None else self.device.index
+            self._pipe = _pipeline(
+                self._source,
+                self.augment,
+                self.image_size,
+                "cpu" if device_id is None else "mixed",
+                batch_size=self.sampler.n * self.sampler.m,
+                num_threads=max(1, self.num_workers),
+                device_id=device_id,
+                prefetch_queue_depth=self.prefetch,
+                seed=int(np.random.default_rng([self.sampler.seed, self.sampler.rank, self.step]).integers(2**31)),
+            )
+            self._pipe.build()
+        return self._pipe
 
     def _run(self, batches: Iterator[GroupBatch]) -> Iterator[tuple[torch.Tensor | None, torch.Tensor, SkipCounts]]:
-        while True:  # one pipeline per pass; a decoder failure rebuilds it from the failing batch
+        while True:  # a decoder failure rebuilds the pipeline from the failing batch
             restart = yield from self._pass(batches)
             if restart is None:
                 return
             batches = self.sampler.batches(restart)
 
     def _pass(self, batches: Iterator[GroupBatch]):
-        """Run one pipeline over ``batches``; returns None at their end, or the step to rebuild
+        """Run the pipeline over ``batches``; returns None at their end, or the step to rebuild
         from after a decoder failure (see the module docstring)."""
-        # The external source is this pass's generator, and a pass that stops early leaves no
-        # prefetched batches behind for the next one.
-        pending: deque[_Fed] = deque()  # read, not yet returned, in order
+        pipe = self._pipeline()
+        self._reader = _Reader(self._read, batches, self.prefetch)
+        ended = False  # the source ran dry: the pipeline only needs a reset for the next pass
+        try:
+            while True:
+                try:
+                    (images,) = pipe.run()
+                except StopIteration:
+                    ended = True
+                    yield from self._skipped()  # batches skipped whole at the end
+                    return None
+                except RuntimeError as exc:  # DALI's decoder refused an image of the oldest fed batch
+                    if not self._pending or self._reader.failed:
+                        raise
+                    self._pipe = None
+                    yield from self._skipped()
+                    return (yield from self._decoder_failed(self._pending[0], exc))
+                yield from self._skipped()
+                fed = self._pending.popleft()
+                # DALI reuses its output buffers: copy before the next run (device to device on GPU).
+                images = torch.from_dlpack(images.as_tensor()).clone()
+                yield images, torch.from_numpy(fed.labels).to(self.device), fed.counts
+        except GeneratorExit:  # the consumer stopped early: the pipeline is drained and kept below
+            raise
+        except BaseException:
+            self._pipe = None  # a failed run may leave DALI mid-batch: the next pass builds afresh
+            raise
+        finally:
+            self._reader.close()
+            self._reader = None
+            if self._pipe is not None:
+                self._reset(pipe, drain=not ended)
+            self._pending.clear()
 
-        def feed():
-            for batch in batches:
-                images, labels, counts, members = read_batch(self.index, batch, self.sampler.m, _as_array, self.undecodable)
-                pending.append(_Fed(batch.step, labels, counts, members))
-                if images:
-                    yield images
+    def _skipped(self):
+        """Results for the oldest pending batches that had no readable caption (nothing fed)."""
+        while self._pending and not self._pending[0].members:
+            fed = self._pending.popleft()
+            yield None, torch.from_numpy(fed.labels), fed.counts
 
-        device_id = None  # a CPU-only pipeline
-        if self.device.type == "cuda":
-            device_id = torch.cuda.current_device() if self.device.index is None else self.device.index
-        pipe = _pipeline(
-            feed(),
-            self.augment,
-            self.image_size,
-            "cpu" if device_id is None else "mixed",
-            batch_size=self.sampler.n * self.sampler.m,
-            num_threads=max(1, self.num_workers),
-            device_id=device_id,
-            seed=int(np.random.default_rng([self.sampler.seed, self.sampler.rank, self.step]).integers(2**31)),
-        )
-        pipe.build()
-        while True:
-            try:
-                (images,) = pipe.run()
-            except StopIteration:
-                while pending:  # batches skipped whole at the end
-                    yield None, torch.from_numpy(pending[0].labels), pending.popleft().counts
-                return None
-            except RuntimeError as exc:  # DALI's decoder refused an image of the oldest fed batch
-                if not pending:
-                    raise
-                del pipe
-                while not pending[0].members:
-                    yield None, torch.from_numpy(pending[0].labels), pending.popleft().counts
-                failed = pending[0]
-                if self._find_undecodable(failed, exc):
-                    return failed.step
-                if failed.step == self._unexplained + 1:  # twice in a row: not a damaged file
-                    raise RuntimeError(f"DALI failed on batches {self._unexplained} and {failed.step}, whose images all "
-                                       "decode on the CPU") from exc  # fmt: skip
-                self._unexplained = failed.step
-                failed.counts.skipped_batches += 1
-                yield None, torch.from_numpy(failed.labels), failed.counts
-                return failed.step + 1
-            while not pending[0].members:
-                yield None, torch.from_numpy(pending[0].labels), pending.popleft().counts
-            fed = pending.popleft()
-            # DALI reuses its output buffers: copy before the next run (device to device on GPU).
-            images = torch.from_dlpack(images.as_tensor()).clone()
-            yield images, torch.from_numpy(fed.labels).to(self.device), fed.counts
+    def _decoder_failed(self, failed: _Fed, exc: RuntimeError):
+        """After DALI failed on ``failed``: the step to rebuild from (the same batch without the
+        images PIL cannot decode either, or the next one when PIL decodes them all)."""
+        if self._find_undecodable(failed, exc):
+            return failed.step
+        if failed.step == self._unexplained + 1:  # twice in a row: not a damaged file
+            raise RuntimeError(f"DALI failed on batches {self._unexplained} and {failed.step}, whose images all "
+                               "decode on the CPU") from exc  # fmt: skip
+        self._unexplained = failed.step
+        failed.counts.skipped_batches += 1
+        yield None, torch.from_numpy(failed.labels), failed.counts
+        return failed.step + 1
+
+    def _reset(self, pipe, drain: bool) -> None:
+        """Make the pipeline ready for the next pass. ``drain``: the pass stopped early, so first
+        take the batches DALI already works on (the reader is closed: the source ends the pass)."""
+        try:
+            while drain:
+                pipe.run()
+        except StopIteration:
+            pass
+        except RuntimeError:  # a decoder failure while draining: build afresh next time
+            self._pipe = None
+            return
+        pipe.reset()
 
     def _find_undecodable(self, failed: _Fed, exc: RuntimeError) -> bool:
         """Decode the failed batch's images with PIL; the ones that fail join ``undecodable``.

@@ -121,3 +121,51 @@ def test_caption_texts_are_the_captions_file_lines(shards):
     ids = labels[:N].tolist()
     assert loader.caption_texts(ids) == [lines[i] for i in ids]
     assert loader.caption_texts([CAPTIONS - 1, 0]) == [lines[-1], lines[0]]
+needs_dali = pytest.mark.skipif("dali" not in available_backends(), reason="no DALI")
+
+
+@needs_dali
+def test_dali_builds_one_pipeline_for_every_pass(shards, monkeypatch):
+    from stablerep_fast.data import dali_loader
+
+    builds = []
+    build = dali_loader._pipeline
+    monkeypatch.setattr(dali_loader, "_pipeline", lambda *a, **k: builds.append(1) or build(*a, **k))
+    reference = _loader(shards, "torch", augment="none", seed=4)
+    want = [labels for _ in range(3) for _, labels in reference]
+    loader = _loader(shards, "dali", augment="none", seed=4)
+    got = [labels for _ in range(2) for _, labels in loader]
+    first = iter(loader)
+    got.append(next(first)[1])
+    first.close()  # a pass stopped early: the batches DALI already holds must not leak into the next
+    got += [labels for _, labels in loader]
+    assert len(builds) == 1
+    assert len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+@needs_dali
+def test_dali_reads_files_ahead_on_another_thread(shards, monkeypatch):
+    import threading
+
+    from stablerep_fast.data import dali_loader
+
+    readers, enough = set(), threading.Event()
+    read = dali_loader.read_batch
+
+    def counting_read(*args):
+        readers.add(threading.get_ident())
+        if counting_read.calls >= dali_loader.DaliLoader.prefetch + 2:
+            enough.set()
+        counting_read.calls += 1
+        return read(*args)
+
+    counting_read.calls = 0
+    monkeypatch.setattr(dali_loader, "read_batch", counting_read)
+    loader = _loader(shards, "dali", augment="none")
+    batches = iter(loader)
+    next(batches)
+    # While the consumer holds batch 1 (training on it), files of later batches are read: more
+    # than DALI's own prefetch, and not on the consumer's thread.
+    assert enough.wait(timeout=30), f"only {counting_read.calls} batches read ahead"
+    assert threading.get_ident() not in readers
+    batches.close()
