@@ -77,6 +77,7 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 def _add_generate(subparsers) -> None:
     from stablerep_fast.generate.config import BACKEND_CHOICES, DTYPE_CHOICES, IMAGE_FORMATS, GenerateConfig
+    from stablerep_fast.generate.families import SCHEDULER_ALIASES
     from stablerep_fast.generate.seeds import VIEWS
 
     d = GenerateConfig(captions=Path(), out=Path())  # the defaults
@@ -88,8 +89,12 @@ def _add_generate(subparsers) -> None:
                         "generator class as package.module:Class (instantiated with no arguments)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="output folder (re-running resumes)")
     p.add_argument("--images-per-caption", type=int, default=d.images_per_caption, metavar="K")
-    p.add_argument("--steps", type=int, default=d.steps, help="DDIM steps")
-    p.add_argument("--guidance", type=float, default=d.guidance, help="classifier-free guidance scale")
+    p.add_argument("--steps", type=int, default=d.steps, help="denoising steps (default: the model family's, e.g. 50 for SD 1.5, 1 for SD-Turbo)")
+    p.add_argument("--guidance", type=float, default=d.guidance,
+                   help="guidance scale; <= 1 skips the unconditional pass (default: the family's, e.g. 2 for SD 1.5, 0 for turbo)")  # fmt: skip
+    p.add_argument("--scheduler", default=d.scheduler,
+                   help=f"sampler: {', '.join(SCHEDULER_ALIASES)}, a diffusers scheduler class name, or 'default' (the "
+                        "model folder's own) (default: the family's, DDIM for SD 1.x/2.x)")  # fmt: skip
     p.add_argument("--resolution", type=int, default=d.resolution, help="generated size in pixels")
     p.add_argument("--save-size", type=int, default=d.save_size, help="saved size in pixels")
     p.add_argument("--seed", type=int, default=d.seed)

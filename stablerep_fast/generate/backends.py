@@ -4,6 +4,8 @@ A backend takes the pipeline's modules (already on their device and dtype) and p
 three calls the denoising loop makes: ``encode_text``, ``unet`` and ``decode``. The pipeline
 never depends on which backend runs them, so faster ones plug in by adding a class and a row
 to BACKENDS. Every factory takes ``(text_encoder, unet, vae, options: BackendOptions)``.
+Families that run through diffusers' own ``__call__`` (``diffusers_pipeline.py``) get a
+backend's ``prepare`` instead, which speeds up the pipeline's modules in place.
 
 - ``eager``: the diffusers modules with SDPA attention, fused QKV projections and, on GPU,
   channels_last memory format (fp16/bf16 comes from the pipeline's dtype).
@@ -11,11 +13,13 @@ to BACKENDS. Every factory takes ``(text_encoder, unet, vae, options: BackendOpt
   step replays as a CUDA graph (mode "reduce-overhead"); inductor's artefacts are cached
   under ``<cache>/inductor`` between runs. A smaller last batch is padded to the static one.
 - ``tensorrt``: fp16 TensorRT engines, cached on disk (``tensorrt/``).
-- ``auto``: tensorrt if it imports and a GPU is present, else compile on a GPU, else eager.
+- ``auto``: tensorrt if it imports, a GPU is present and the model's family is one TensorRT
+  covers (else a note, and compile), else compile on a GPU, else eager.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +29,11 @@ import torch
 from torch.nn import Module
 
 from stablerep_fast.generate.config import BackendOptions, GenerateError, default_cache_dir
+from stablerep_fast.generate.families import Family, tensorrt_families
 from stablerep_fast.generate.padding import pad_batch
 from stablerep_fast.generate.tensorrt import TensorRTBackend, tensorrt_unavailable_reason
+
+log = logging.getLogger("stablerep_fast.generate")
 
 
 def optimise_modules(text_encoder: torch.nn.Module, unet: torch.nn.Module, vae: torch.nn.Module) -> list[str]:
@@ -130,18 +137,64 @@ class CompileBackend(EagerBackend):
         return self._decode(pad_batch(latents, self._static("vae", n)), return_dict=False)[0][:n]
 
 
+def denoiser_of(pipe) -> Module:
+    """The network a diffusers pipeline calls at every step: its transformer, else its UNet."""
+    return getattr(pipe, "transformer", None) or pipe.unet
+
+
+def prepare_eager(pipe, options: BackendOptions = BackendOptions()) -> list[str]:
+    """A diffusers pipeline's modules as they are, but convolutions in channels_last on GPU."""
+    if pipe.vae.device.type != "cuda":
+        return []
+    for module in (getattr(pipe, "unet", None), pipe.vae):
+        if module is not None:
+            module.to(memory_format=torch.channels_last)
+    return ["channels_last"]
+
+
+class CompiledForward:
+    """``torch.compile`` of a module's forward with static shapes (one graph per batch shape); on
+    GPU in mode "reduce-overhead" (each step replays a CUDA graph), its outputs cloned out of the
+    graph's memory, which the next replay overwrites."""
+
+    def __init__(self, forward: Callable, cuda_graphs: bool):
+        self.cuda_graphs = cuda_graphs
+        self.compiled = torch.compile(forward, dynamic=False, mode="reduce-overhead" if cuda_graphs else None)
+
+    def __call__(self, *args, **kwargs):
+        if not self.cuda_graphs:
+            return self.compiled(*args, **kwargs)
+        torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed
+        out = self.compiled(*args, **kwargs)
+        return torch.utils._pytree.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, out)
+
+
+def prepare_compile(pipe, options: BackendOptions = BackendOptions()) -> list[str]:
+    """``prepare_eager``, then the denoiser's forward and the VAE decoder compiled in place
+    (artefacts cached as ``configure_compile_cache`` says). A batch of another size (a shard's
+    last) compiles its own graph once."""
+    applied = prepare_eager(pipe, options)
+    configure_compile_cache(options.cache_dir)
+    denoiser = denoiser_of(pipe)
+    denoiser.forward = CompiledForward(denoiser.forward, denoiser.device.type == "cuda")
+    pipe.vae.decode = torch.compile(pipe.vae.decode, dynamic=False)
+    return [*applied, f"compiled {type(denoiser).__name__} and VAE decoder"]
+
+
 @dataclass(frozen=True)
 class Backend:
     name: str
     factory: Callable[..., object] | None  # None: not part of this version
     description: str
+    # (diffusers pipeline, options) -> what was applied; None: only the StableRepPipeline families
+    prepare: Callable[..., list[str]] | None = None
 
 
 BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
-        Backend("eager", EagerBackend, "diffusers modules with SDPA, fused QKV and channels_last"),
-        Backend("compile", CompileBackend, "torch.compile of the UNet and VAE decoder (CUDA graphs on GPU)"),
+        Backend("eager", EagerBackend, "diffusers modules with SDPA, fused QKV and channels_last", prepare_eager),
+        Backend("compile", CompileBackend, "torch.compile of the denoiser and VAE decoder (CUDA graphs on GPU)", prepare_compile),
         Backend("tensorrt", TensorRTBackend, "TensorRT engines"),
     )
 }
@@ -168,13 +221,25 @@ def unavailable_reason(name: str, device: torch.device) -> str | None:
     return None
 
 
-def resolve_backend(name: str, device: torch.device) -> Backend:
-    """Backend ``name`` (checked), or for "auto" the first available one in AUTO_ORDER."""
+def resolve_backend(name: str, device: torch.device, family: Family | None = None) -> Backend:
+    """Backend ``name`` (checked), or for "auto" the first available one in AUTO_ORDER that covers
+    ``family`` (None: the SD 1.x/2.x families), with a note when TensorRT is passed over."""
+    covered = family is None or family.tensorrt
     if name == "auto":  # eager ends every order and always runs
-        name = next(c for c in AUTO_ORDER.get(device.type, ("eager",)) if unavailable_reason(c, device) is None)
+        available = [c for c in AUTO_ORDER.get(device.type, ("eager",)) if unavailable_reason(c, device) is None]
+        name = next(c for c in available if covered or c != "tensorrt")
+        if not covered and "tensorrt" in available:
+            log.warning(f"note: {family_reason(family)}; running on {name}")
     if name not in BACKENDS:
         raise GenerateError(f"unknown backend {name!r}; choose one of {['auto', *BACKENDS]}")
     reason = unavailable_reason(name, device)
     if reason is not None:
         raise GenerateError(f"backend {name!r} cannot run on {device.type}: {reason}")
+    if name == "tensorrt" and not covered:
+        raise GenerateError(f"backend 'tensorrt': {family_reason(family)}; use --backend compile or auto")
     return BACKENDS[name]
+
+
+def family_reason(family: Family) -> str:
+    """One line: what the TensorRT backend covers and that ``family`` is not among them."""
+    return f"TensorRT engines cover {tensorrt_families()}, not {family.description}"

@@ -25,6 +25,7 @@ DATASET_FIELDS = (
     "images_per_caption",
     "steps",
     "guidance",
+    "scheduler",
     "resolution",
     "save_size",
     "seed",
@@ -67,8 +68,10 @@ class GenerateConfig:
     # or a Generator object (see generator.py)
     model: str | Generator = "shapes"
     images_per_caption: int = 10
-    steps: int = 50
-    guidance: float = 2.0
+    # None: the model family's default (families.py; SD 1.x/2.x: DDIM, 50 steps, guidance 2)
+    steps: int | None = None
+    guidance: float | None = None
+    scheduler: str | None = None  # a diffusers scheduler class name or alias, "default": the model's own
     resolution: int = 512
     save_size: int = 256
     seed: int = 0
@@ -91,8 +94,8 @@ class GenerateConfig:
         """Raise GenerateError naming the first bad setting."""
         checks = [
             (self.images_per_caption >= 1, f"images per caption must be >= 1, got {self.images_per_caption}"),
-            (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
-            (self.guidance >= 0, f"guidance must be >= 0, got {self.guidance}"),
+            (self.steps is None or self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
+            (self.guidance is None or self.guidance >= 0, f"guidance must be >= 0, got {self.guidance}"),
             (self.resolution >= 8 and self.resolution % 8 == 0, f"resolution must be a positive multiple of 8, got {self.resolution}"),
             (1 <= self.save_size <= self.resolution, f"save size must be in [1, resolution={self.resolution}], got {self.save_size}"),
             (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),

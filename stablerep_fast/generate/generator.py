@@ -44,7 +44,8 @@ class Generator(Protocol):
 
     ``__call__`` is given ``resolution`` (pixels to generate at), ``output_size`` (pixels of the
     saved images), ``num_inference_steps`` and ``guidance_scale`` as keywords; a generator
-    without a denoising loop ignores the last two. Images must depend only on (prompt, latent),
+    without a denoising loop ignores the last two. A generator may say which steps and guidance
+    suit it (``default_steps``, ``default_guidance``: used when the user gives none). Images must depend only on (prompt, latent),
     not on the batch they come in, for resume and farm splits to give the same dataset."""
 
     model_id: str
@@ -117,14 +118,16 @@ def load_generator(
     dtype: torch.dtype,
     backend: str = "auto",
     cache_dir: Path | None = None,
+    scheduler: str | None = None,
 ) -> Generator:
     """The generator ``model`` names: a Generator object (used as is), ``"shapes"`` (the
-    procedural renderer), an import path ``"pkg.module:Class"``, or a Stable Diffusion folder or
-    single-file checkpoint (run by ``backend``). Bad names raise GenerateError (one line)."""
+    procedural renderer), an import path ``"pkg.module:Class"``, or a diffusers text-to-image
+    folder (any family of ``families.py``) or single-file SD checkpoint (run by ``backend``, with
+    ``scheduler`` or the family's). Bad names raise GenerateError (one line)."""
     if isinstance(model, (str, Path)) and str(model) != "shapes" and (Path(model).exists() or not _IMPORT_PATH.fullmatch(str(model))):
-        from stablerep_fast.generate.pipeline import StableRepPipeline
+        from stablerep_fast.generate.diffusers_pipeline import load_diffusers_model
 
-        return StableRepPipeline.from_pretrained(model, device=device, dtype=dtype, backend=backend, cache_dir=cache_dir)
+        return load_diffusers_model(model, device=device, dtype=dtype, backend=backend, cache_dir=cache_dir, scheduler=scheduler)
     if model == "shapes":
         from stablerep_fast.generate.shapes import ShapesPipeline
 
@@ -135,4 +138,6 @@ def load_generator(
         generator = check_generator(model, f"model {type(model).__name__}")
     if backend not in ("auto", "eager"):
         raise GenerateError(f"the {generator.model_id} generator has no {backend!r} backend; use --backend auto")
+    if scheduler is not None:
+        raise GenerateError(f"the {generator.model_id} generator has no diffusers scheduler; leave out --scheduler")
     return generator

@@ -1,27 +1,34 @@
-"""Stable Diffusion for StableRep: B captions x K given noises -> B x K images per call.
+"""Stable Diffusion 1.x/2.x for StableRep: B captions x K given noises -> B x K images per call.
 
 Reads like a diffusers pipeline (named components ``tokenizer``, ``text_encoder``, ``unet``,
 ``vae``, ``scheduler``; ``__call__`` in numbered steps) but takes the initial noise as input, so
 every image is reproducible from its own seed, and runs its networks through a swappable
-backend (``backends.py``). It satisfies the Generator protocol (``generator.py``).
+backend (``backends.py``: eager, compile or TensorRT). It satisfies the Generator protocol
+(``generator.py``) and serves the families of ``families.py`` whose ``fast_path`` is set
+(SD 1.x, SD 2.x, SD-Turbo, LCM-LoRA-fused SD); the others run through diffusers' own
+``__call__`` (``diffusers_pipeline.py``).
 """
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
 
 from stablerep_fast.generate.backends import resolve_backend
 from stablerep_fast.generate.config import BackendOptions, GenerateError
+from stablerep_fast.generate.families import FAMILIES, Family, make_scheduler
 from stablerep_fast.generate.generator import GenerationOutput, to_uint8_images
+from stablerep_fast.generate.seeds import step_generators
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
 
 class StableRepPipeline:
-    """Text-to-image with classifier-free guidance and any diffusers scheduler (DDIM, eta 0,
-    by default). Components: tokenizer, text_encoder, unet, vae, scheduler."""
+    """Text-to-image with classifier-free guidance and any diffusers scheduler (the family's
+    default: DDIM, eta 0, for SD 1.x/2.x). Components: tokenizer, text_encoder, unet, vae,
+    scheduler; ``family`` gives the default steps and guidance."""
 
     def __init__(
         self,
@@ -35,6 +42,7 @@ class StableRepPipeline:
         backend: str = "auto",
         cache_dir: Path | None = None,
         weights_files: dict[str, list[Path]] | None = None,
+        family: Family = FAMILIES["sd1"],
     ):
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
@@ -42,6 +50,8 @@ class StableRepPipeline:
         self.vae = vae
         self.scheduler = scheduler
         self.model_id = model_id
+        self.family = family
+        self.default_steps, self.default_guidance = family.steps, family.guidance
         self.device = unet.device
         self.dtype = unet.dtype
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
@@ -49,21 +59,30 @@ class StableRepPipeline:
         self.latent_multiple = 2 ** (len(unet.config.block_out_channels) - 1)
         for module in (text_encoder, unet, vae):
             module.eval().requires_grad_(False)
-        spec = resolve_backend(backend, self.device)
+        spec = resolve_backend(backend, self.device, family)
         self.backend = spec.name
         self.runner = spec.factory(text_encoder, unet, vae, BackendOptions(cache_dir, weights_files))
         self._empty_context: torch.Tensor | None = None
 
     @classmethod
     def from_pretrained(
-        cls, model: str | Path, *, device: torch.device, dtype: torch.dtype, backend: str = "auto", cache_dir: Path | None = None
+        cls,
+        model: str | Path,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        backend: str = "auto",
+        cache_dir: Path | None = None,
+        family: Family = FAMILIES["sd1"],
+        scheduler: str | None = None,
     ) -> StableRepPipeline:
         """Load a local diffusers Stable Diffusion folder or single-file checkpoint (offline),
-        with its scheduler replaced by DDIM (eta 0, the recipe's sampler). ``cache_dir``: where
-        compiled artefacts and engines are kept (default: config.default_cache_dir())."""
-        from diffusers import DDIMScheduler, StableDiffusionPipeline
+        with the scheduler ``scheduler`` names (``families.make_scheduler``; None: the family's,
+        DDIM with eta 0 for SD 1.x/2.x, the recipe's sampler). ``cache_dir``: where compiled
+        artefacts and engines are kept (default: config.default_cache_dir())."""
+        from diffusers import StableDiffusionPipeline
 
-        resolve_backend(backend, device)  # an unavailable backend fails before minutes of loading
+        resolve_backend(backend, device, family)  # an unavailable backend fails before minutes of loading
 
         path = Path(model)
         kwargs = dict(dtype=dtype, local_files_only=True, safety_checker=None, requires_safety_checker=False)
@@ -92,11 +111,12 @@ class StableRepPipeline:
             sd.text_encoder,
             sd.unet,
             sd.vae,
-            DDIMScheduler.from_config(sd.scheduler.config),
+            make_scheduler(sd.scheduler, family, scheduler),
             model_id=str(model),
             backend=backend,
             cache_dir=cache_dir,
             weights_files=weights_files,
+            family=family,
         )
 
     def latent_shape(self, resolution: int) -> tuple[int, ...]:
@@ -134,18 +154,21 @@ class StableRepPipeline:
         *,
         resolution: int,
         output_size: int,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 2.0,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
     ) -> GenerationOutput:
         """prompts: B captions; latents: initial noise [B, K, C, h, w] (standard normal) ->
         images uint8 [B, K, output_size, output_size, 3]. Guidance: eps = eps_uncond +
-        guidance_scale * (eps_cond - eps_uncond); 1 means no unconditional pass."""
+        guidance_scale * (eps_cond - eps_uncond) when guidance_scale > 1; at or below 1 (as in
+        diffusers) only the conditional pass runs. None: the family's default steps or guidance."""
+        num_inference_steps = self.default_steps if num_inference_steps is None else num_inference_steps
+        guidance_scale = self.default_guidance if guidance_scale is None else guidance_scale
         # 1. Check inputs.
         expected = (len(prompts), *self.latent_shape(resolution))
         if latents.dim() != 5 or (latents.shape[0], *latents.shape[2:]) != expected:
             raise ValueError(f"latents must be [{expected[0]}, K, {', '.join(map(str, expected[1:]))}], got {tuple(latents.shape)}")
         batch, k = latents.shape[:2]
-        guided = guidance_scale != 1.0
+        guided = guidance_scale > 1.0
 
         # 2. Encode the prompts (and the empty prompt once), one context row per image.
         context = self.encode_prompt(prompts).repeat_interleave(k, dim=0)
@@ -163,6 +186,9 @@ class StableRepPipeline:
         unet_timesteps = timesteps.to(self.device, non_blocking=True)
         x = latents.reshape(batch * k, *latents.shape[2:]).to(self.device, torch.float32)
         x = x * self.scheduler.init_noise_sigma
+        # A stochastic sampler (LCM, ancestral Euler) draws each image's noise from its own generator.
+        takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
+        step_options = {"generator": step_generators(latents.flatten(0, 1))} if takes_generator else {}
 
         # 4. Denoise: one static batch of B x K images (x2 with guidance) per UNet call.
         for i, t in enumerate(timesteps):
@@ -172,7 +198,7 @@ class StableRepPipeline:
             if guided:
                 eps_uncond, eps_cond = eps.chunk(2)
                 eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
-            x = self.scheduler.step(eps, t, x, return_dict=False)[0]
+            x = self.scheduler.step(eps, t, x, **step_options, return_dict=False)[0]
 
         # 5. Decode.
         images = self.decode((x / self.vae.config.scaling_factor).to(self.dtype))

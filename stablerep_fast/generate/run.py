@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from stablerep_fast.generate.captions import read_captions
 from stablerep_fast.generate.config import GenerateConfig, GenerateError
+from stablerep_fast.generate.families import resolve_options
 from stablerep_fast.generate.farm import resolve_device, resolve_farm, shards_for_rank
 from stablerep_fast.generate.generator import Generator, load_generator
 from stablerep_fast.generate.seeds import ANCHOR, initial_noise, noise_seed
@@ -101,6 +102,7 @@ def _sample_metadata(config: GenerateConfig, pipe: Generator, caption: str, inde
         "views": config.views,
         "guidance": config.guidance,
         "steps": config.steps,
+        "scheduler": config.scheduler,
         "resolution": config.resolution,
         "model": pipe.model_id,
         "backend": backend_name(pipe),
@@ -187,7 +189,9 @@ def generate(config: GenerateConfig) -> GenerateSummary:
 
     # 2. Read the captions and load the model, before anything is written.
     captions = read_captions(config.captions, config.caption_column)
-    pipe = load_generator(config.model, device=device, dtype=dtype, backend=config.backend, cache_dir=config.engine_cache)
+    pipe = load_generator(config.model, device=device, dtype=dtype, backend=config.backend, cache_dir=config.engine_cache,
+                          scheduler=config.scheduler)  # fmt: skip
+    config = resolve_options(config, pipe)  # the family's steps, guidance and scheduler unless given
     checked_latent_shape(pipe, config.resolution)
 
     # 3. Record the configuration in the folder, or check it against the one there (and its shards').
