@@ -29,6 +29,12 @@ def _csv(kind):
     return parse
 
 
+def _family_steps(text: str) -> tuple[str, int]:
+    """"sd-turbo:4" -> ("sd-turbo", 4)."""
+    family, _, steps = text.partition(":")
+    return family, int(steps)
+
+
 def _add_bench(subparsers) -> None:
     p = subparsers.add_parser("bench", help="measure every stage against its baseline and physical floor")
     p.add_argument("--suite", type=_csv(str), default=None,
@@ -48,6 +54,8 @@ def _add_bench(subparsers) -> None:
     p.add_argument("--backends", type=_csv(str), default=None, help="loss: backends (default: all available)")
     p.add_argument("--generate-backends", type=_csv(str), default=None,
                    help="generate: eager,compile,tensorrt,shapes (default: all that run here; compile on CPU only by name)")
+    p.add_argument("--generate-families", type=_csv(_family_steps), default=None, metavar="FAMILY:STEPS,...",
+                   help="generate: few-step families timed next to SD 1.5, e.g. sd-turbo:1,sd-turbo:4 (default on GPU)")  # fmt: skip
     p.add_argument("--sd-model", default=None,
                    help="generate: a diffusers folder or checkpoint (default: random weights, SD 1.5 layout on GPU, tiny on CPU)")
     p.add_argument("--loaders", type=_csv(str), default=None, help="data: loader backends, dali,torch (default: installed ones)")
@@ -67,7 +75,7 @@ def _run_bench(args: argparse.Namespace) -> int:
 
     overrides = {
         "loss": dict(sizes=args.sizes, dims=args.dims, dtypes=args.dtypes, backends=args.backends),
-        "generate": dict(backends=args.generate_backends, sd_model=args.sd_model),
+        "generate": dict(backends=args.generate_backends, sd_model=args.sd_model, few_step=args.generate_families),
         "data": dict(backends=args.loaders, workers=args.workers),
     }
     run_bench(args.suite, args.device, quick=args.quick, repeats=args.repeats, overrides=overrides,

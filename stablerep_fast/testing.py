@@ -147,20 +147,29 @@ def random_pipeline(family: str, folder: Path):
 
 
 def random_sd_components(kind: str, folder: Path) -> dict:
-    """Tokenizer, text encoder, UNet, VAE and DDIM scheduler with random weights (on the CPU).
+    """Tokenizer, text encoder, UNet, VAE and scheduler with random weights (on the CPU).
 
     kind "sd15": the Stable Diffusion 1.5 architecture (860M-parameter UNet, CLIP ViT-L/14 text
-    encoder, 4-level VAE); "tiny": the same layout a few channels wide (tests' stand-in).
+    encoder, 4-level VAE); "sd-turbo": SD-Turbo's (SD 2.1: a 1024-wide UNet with linear
+    projections, OpenCLIP ViT-H/14 text encoder; trailing Euler); "tiny": SD 1.5's layout a few
+    channels wide (tests' stand-in).
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = _tokenizer(folder)
     torch.manual_seed(0)
-    if kind == "sd15":
-        text = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                              num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu")  # fmt: skip
-        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # the SD 1.x UNet
+    if kind in ("sd15", "sd-turbo"):
+        if kind == "sd15":
+            text = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                  num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu")  # fmt: skip
+            unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # the SD 1.x UNet
+        else:  # SD 2.1's text encoder keeps 23 of OpenCLIP-H's 24 layers
+            text = CLIPTextConfig(vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
+                                  num_attention_heads=16, max_position_embeddings=77, hidden_act="gelu",
+                                  projection_dim=512)  # fmt: skip
+            unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
+                                        use_linear_projection=True)  # fmt: skip
         vae = AutoencoderKL(
             down_block_types=("DownEncoderBlock2D",) * 4,
             up_block_types=("UpDecoderBlock2D",) * 4,
@@ -192,7 +201,11 @@ def random_sd_components(kind: str, folder: Path) -> dict:
             norm_num_groups=8,
         )
     else:
-        raise ValueError(f"unknown random model {kind!r}; choose sd15 or tiny")
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)  # fmt: skip
+        raise ValueError(f"unknown random model {kind!r}; choose sd15, sd-turbo or tiny")
+    if kind == "sd-turbo":
+        scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                           timestep_spacing="trailing")  # fmt: skip
+    else:
+        scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                                  set_alpha_to_one=False, steps_offset=1)  # fmt: skip
     return dict(tokenizer=tokenizer, text_encoder=CLIPTextModel(text), unet=unet, vae=vae, scheduler=scheduler)

@@ -229,3 +229,18 @@ def test_validate_leaves_out_test_folders_whose_stage_is_missing(monkeypatch):
     monkeypatch.setattr(report, "missing_stage", lambda *stages: hint if "generate" in stages else None)
     ignored = _test_folders_without_their_stage(SOURCE_ROOT / "tests")
     assert set(ignored) == {"data", "eval", "generate", "train"} and set(ignored.values()) == {hint}  # ops/ still runs
+
+
+def test_generate_suite_times_few_step_families_against_their_counted_flops():
+    """The GPU default (SD-Turbo at 1 and 4 steps) runs on CPU at tiny size, with a family that
+    runs through diffusers' __call__ (SDXL-Turbo) beside it."""
+    few_step = [("sd-turbo", 1), ("sd-turbo", 2), ("sdxl-turbo", 1)]
+    records = bench.run_suite("generate", "cpu", **TINY["generate"], few_step=few_step, backends=["eager"])
+    measured = {(r["model"], r["steps"]): r for r in records if r["model"] != "tiny-random"}
+    assert set(measured) == {("sd-turbo-random", 1), ("sd-turbo-random", 2), ("sdxl-turbo-random", 1)}
+    for r in measured.values():
+        _check_fields(r)
+        assert r["guidance"] == 0.0 and r["floor_frac"] is None  # turbo: no guidance; no known peak on a CPU
+        assert r["throughput"] == pytest.approx(r["batch"] / (r["ms"] * 1e-3))
+    one, two = measured[("sd-turbo-random", 1)]["flops_per_image"], measured[("sd-turbo-random", 2)]["flops_per_image"]
+    assert 0 < one < two < 2 * one  # the second step adds one UNet call, not a second text encoding or decode

@@ -8,6 +8,12 @@ model at 64 px that runs in seconds. A real diffusers folder or checkpoint can b
 instead (``sd_model``). Beside the SD backends, the procedural ``shapes`` generator (what
 tests and demos use) is timed with the same calling convention.
 
+Few-step families (``few_step``: (family, steps) pairs; on GPUs SD-Turbo at 1 and 4 steps by
+default) are timed next to SD 1.5 at 50 steps, at the family's default guidance (0 for turbo:
+no unconditional pass), with random weights in the family's layout: SD-Turbo's full layout on
+GPUs, every family's tiny layout on CPUs. Their floor comes from the FLOPs of one image's call
+counted by ``torch.utils.flop_counter`` (which counts SD 1.5's UNet at the 0.80 TFLOP above).
+
 Each record: suite, backend, device, dtype, model, captions (B), images_per_caption (K),
 batch (B x K images per call), steps, guidance, resolution, ms (median per call),
 throughput (images/s), unet_step_ms (one guided UNet call on 2 B K latents), peak_mb (GPU),
@@ -28,13 +34,15 @@ from stablerep_fast.bench.report import error_text, missing_stage, set_speedup, 
 from stablerep_fast.bench.timing import peak_memory_mb, tensor_core_peak, time_fn
 
 TITLE = "generate: images/s of the text-to-image pipeline per backend"
-COLUMNS = ["backend", "model", "dtype", "batch", "steps", "resolution", "ms", "throughput", "unet_step_ms",
+COLUMNS = ["backend", "model", "dtype", "batch", "steps", "guidance", "resolution", "ms", "throughput", "unet_step_ms",
            "peak_mb", "speedup", "floor_frac", "unet_floor_frac", "warmup_s", "error"]  # fmt: skip
 
 # SD 1.5 at 512 px (64x64 latent, 77 tokens), docs/method.md.
 UNET_FLOPS = 0.80e12  # per UNet forward per latent
 VAE_DECODE_FLOPS = 2.5e12  # per image
 SD15_RESOLUTION = 512
+# Few-step families timed on GPUs by default: (family, steps), at 512 px.
+FEW_STEP_GPU = (("sd-turbo", 1), ("sd-turbo", 4))
 
 def defaults(device: str, quick: bool) -> dict:
     """What ``run_generate_suite`` measures by default on ``device``."""
@@ -168,6 +176,90 @@ def _sd_records(device: torch.device, dtype: str, names, sd_model, settings: dic
     return records
 
 
+def _family_factory(family: str, device: torch.device, dtype: torch.dtype, folder: Path):
+    """make(backend) -> a generator of ``family`` with random weights: SD-Turbo's full layout on
+    GPUs (the only full layout built here), the family's tiny layout on CPUs (a fresh pipeline per
+    backend: the compile backend changes a diffusers pipeline in place)."""
+    from stablerep_fast.generate import StableRepPipeline
+    from stablerep_fast.generate.diffusers_pipeline import DiffusersGenerator
+    from stablerep_fast.generate.families import FAMILIES
+    from stablerep_fast.testing import random_pipeline, random_sd_components
+
+    spec, model_id = FAMILIES[family], f"{family}-random"
+    if device.type == "cuda":
+        if family != "sd-turbo":
+            raise ValueError(f"a full random-weight layout of {family} is not built here; time a real one with --sd-model")
+        with torch.device(device):
+            components = random_sd_components("sd-turbo", folder)
+        for key in ("text_encoder", "unet", "vae"):
+            components[key] = components[key].to(device, dtype)
+        return lambda name: StableRepPipeline(**components, model_id=model_id, backend=name, family=spec)
+
+    def make(name: str):
+        pipe = random_pipeline(family, folder).to(device, dtype)
+        if spec.fast_path:
+            parts = {key: getattr(pipe, key) for key in ("tokenizer", "text_encoder", "unet", "vae", "scheduler")}
+            return StableRepPipeline(**parts, model_id=model_id, backend=name, family=spec)
+        return DiffusersGenerator(pipe, spec, model_id=model_id, backend=name)
+
+    return make
+
+
+def image_flops(generator, *, steps: int, guidance: float, resolution: int) -> float:
+    """FLOPs of one image's call (text encoding, every denoising step, decoding), counted by
+    torch.utils.flop_counter on ``generator`` (run eagerly)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    latents = torch.randn(1, 1, *generator.latent_shape(resolution), generator=torch.Generator().manual_seed(0))
+    with FlopCounterMode(display=False) as counter:
+        generator(["a photo"], latents, resolution=resolution, output_size=resolution, num_inference_steps=steps,
+                  guidance_scale=guidance)  # fmt: skip
+    return float(counter.get_total_flops())
+
+
+def _few_step_records(device: torch.device, dtype: str, names: list[str], few_step, settings: dict, repeats: int) -> list[dict]:
+    """Per (family, steps) and backend: images/s and the fraction of the counted FLOP floor."""
+    from stablerep_fast.generate.families import FAMILIES
+
+    peak = tensor_core_peak(device)
+    records = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for family in dict.fromkeys(f for f, _ in few_step):
+            guidance = FAMILIES[family].guidance
+            try:
+                make = _family_factory(family, device, getattr(torch, dtype), Path(tmp))
+                counting = make("eager")
+                flops = {s: image_flops(counting, steps=s, guidance=guidance, resolution=settings["resolution"])
+                         for f, s in few_step if f == family}  # fmt: skip
+                counting = None
+            except Exception as exc:  # noqa: BLE001 - a family's failure is its records', not the suite's
+                records += [dict(suite="generate", backend=name, device=device.type, dtype=dtype, model=f"{family}-random",
+                                 steps=s, guidance=guidance, ms=None, error=error_text(exc))
+                            for name in names for f, s in few_step if f == family]  # fmt: skip
+                continue
+            for name in names:
+                pipe = None
+                for steps in flops:
+                    record = dict(suite="generate", backend=name, device=device.type, dtype=dtype, model=f"{family}-random",
+                                  captions=settings["captions"], images_per_caption=settings["k"],
+                                  batch=settings["captions"] * settings["k"], steps=steps, guidance=guidance,
+                                  resolution=settings["resolution"], unet_step_ms=None, unet_floor_frac=None,
+                                  flops_per_image=flops[steps], floor_frac=None)  # fmt: skip
+                    records.append(record)
+                    try:
+                        pipe = pipe or make(name)
+                        record.update(_measure_pipeline(pipe, captions=settings["captions"], k=settings["k"], steps=steps,
+                                                        guidance=guidance, resolution=settings["resolution"],
+                                                        output_size=settings["output_size"], device=device,
+                                                        repeats=repeats))  # fmt: skip
+                    except Exception as exc:  # noqa: BLE001
+                        record.update(ms=None, error=error_text(exc))
+                        continue
+                    if peak is not None:
+                        record["floor_frac"] = record["throughput"] / (peak / flops[steps])
+    return records
+
+
 def _shapes_record(device: torch.device, captions: int, k: int, resolution: int, repeats: int) -> dict:
     from stablerep_fast.generate.shapes import ShapesPipeline
 
@@ -193,11 +285,14 @@ def run_generate_suite(
     sd_model: str | Path | None = None,
     shapes_resolution: int = 256,
     repeats: int = 3,
+    few_step: list[tuple[str, int]] | None = None,
 ) -> list[dict]:
-    """Time the pipeline per backend (random-weight SD, or ``sd_model``) and the shapes generator.
+    """Time the pipeline per backend (random-weight SD, or ``sd_model``), the few-step families
+    and the shapes generator.
 
     backends: generation backends and/or "shapes"; None = every backend that can run here
-    (torch.compile on a CPU only when named) plus "shapes".
+    (torch.compile on a CPU only when named) plus "shapes". few_step: (family, steps) pairs of
+    ``generate.families``; None: FEW_STEP_GPU on GPUs, none on CPUs.
     """
     dev = torch.device(device)
     settings = dict(captions=captions, k=images_per_caption, steps=steps, guidance=guidance, resolution=resolution,
@@ -208,9 +303,13 @@ def run_generate_suite(
         reason = unavailable()
         if reason is None:
             records += _sd_records(dev, dtype, sd_names, sd_model, settings, repeats)
+            few_step = (FEW_STEP_GPU if dev.type == "cuda" else ()) if few_step is None else few_step
+            ran = [r["backend"] for r in records if not r.get("skipped") and r.get("model") != "shapes"]
+            if few_step and ran:
+                records += _few_step_records(dev, dtype, list(dict.fromkeys(ran)), few_step, settings, repeats)
         else:
             records.append(skipped("generate", "eager", dev.type, reason))
     if backends is None or "shapes" in backends:
         records.append(_shapes_record(dev, captions * 2, images_per_caption * 2, shapes_resolution, repeats))
-    set_speedup(records, "eager", same=("model",))
+    set_speedup(records, "eager", same=("model", "steps"))
     return records

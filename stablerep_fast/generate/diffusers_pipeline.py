@@ -24,7 +24,15 @@ import torch
 
 from stablerep_fast.generate.backends import denoiser_of, resolve_backend
 from stablerep_fast.generate.config import BackendOptions, GenerateError
-from stablerep_fast.generate.families import FAMILIES, Family, call_defaults, detect_family, make_scheduler
+from stablerep_fast.generate.families import (
+    FAMILIES,
+    MODEL_SCHEDULER,
+    Family,
+    call_defaults,
+    detect_family,
+    make_scheduler,
+    scheduler_class_name,
+)
 from stablerep_fast.generate.generator import GenerationOutput, to_uint8_images
 from stablerep_fast.generate.seeds import step_generators
 
@@ -169,6 +177,8 @@ def load_diffusers_model(
     own loop, the others through diffusers' ``__call__`` (DiffusersGenerator)."""
     from stablerep_fast.generate.pipeline import StableRepPipeline
 
+    if scheduler not in (None, MODEL_SCHEDULER):
+        scheduler_class_name(scheduler)  # a bad name fails before minutes of loading
     path = Path(model)
     options = dict(device=device, dtype=dtype, backend=backend, cache_dir=cache_dir, scheduler=scheduler)
     if not path.is_dir():  # a checkpoint file, or a path StableRepPipeline explains in one line
