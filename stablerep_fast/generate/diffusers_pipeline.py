@@ -33,7 +33,7 @@ from stablerep_fast.generate.families import (
     make_scheduler,
     scheduler_class_name,
 )
-from stablerep_fast.generate.generator import GenerationOutput, to_uint8_images
+from stablerep_fast.generate.generator import GenerationOutput, check_latents, first_line, to_uint8_images
 from stablerep_fast.generate.seeds import step_generators
 
 # Call options some pipelines take: PixArt's resolution binning would change the asked size,
@@ -87,8 +87,7 @@ class DiffusersGenerator:
         try:
             pipe = DiffusionPipeline.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
         except (OSError, ValueError, KeyError, TypeError, RuntimeError, AttributeError) as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise GenerateError(f"cannot load {family.description} model {folder}: {first_line}") from exc
+            raise GenerateError(f"cannot load {family.description} model {folder}: {first_line(exc)}") from exc
         missing = [name for name in ("vae", "scheduler") if getattr(pipe, name, None) is None]
         if missing or getattr(pipe, "transformer", None) is None and getattr(pipe, "unet", None) is None:
             raise GenerateError(
@@ -132,10 +131,7 @@ class DiffusersGenerator:
         """prompts: B captions; latents: initial noise [B, K, *latent_shape] (standard normal) ->
         images uint8 [B, K, output_size, output_size, 3]. None: the family's steps or guidance."""
         # 1. Check inputs.
-        expected = (len(prompts), *self.latent_shape(resolution))
-        if latents.dim() != 5 or (latents.shape[0], *latents.shape[2:]) != expected:
-            raise ValueError(f"latents must be [{expected[0]}, K, {', '.join(map(str, expected[1:]))}], got {tuple(latents.shape)}")
-        batch, k = latents.shape[:2]
+        batch, k = check_latents(prompts, latents, self.latent_shape(resolution))
 
         # 2. The noise as the pipeline takes it: one image per row, in the model's dtype (as
         # diffusers draws its own), FLUX's packed into tokens.

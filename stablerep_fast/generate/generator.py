@@ -60,6 +60,14 @@ class Generator(Protocol):
         ...
 
 
+def check_latents(prompts: list[str], latents: torch.Tensor, latent_shape: tuple[int, ...]) -> tuple[int, int]:
+    """(B, K) of ``latents``, which must be [len(prompts), K, *latent_shape]; else ValueError."""
+    expected = (len(prompts), *latent_shape)
+    if latents.dim() != 2 + len(latent_shape) or (latents.shape[0], *latents.shape[2:]) != expected:
+        raise ValueError(f"latents must be [{expected[0]}, K, {', '.join(map(str, expected[1:]))}], got {tuple(latents.shape)}")
+    return latents.shape[0], latents.shape[1]
+
+
 def to_uint8_images(images: torch.Tensor, size: int) -> np.ndarray:
     """images: float [N, 3, H, W] in [0, 1] -> uint8 [N, size, size, 3] (antialiased bicubic)."""
     if images.shape[-1] != size or images.shape[-2] != size:
@@ -93,7 +101,7 @@ def import_generator(path: str) -> Generator:
     try:
         obj = importlib.import_module(module_name)
     except Exception as exc:  # noqa: BLE001 - whatever the module raises becomes one line
-        raise GenerateError(f"--model {path}: cannot import {module_name} ({_first_line(exc)}); is it on PYTHONPATH?") from exc
+        raise GenerateError(f"--model {path}: cannot import {module_name} ({first_line(exc)}); is it on PYTHONPATH?") from exc
     for attr in attr_path.split("."):
         if not hasattr(obj, attr):
             raise GenerateError(f"--model {path}: {getattr(obj, '__name__', module_name)} has no attribute {attr!r}")
@@ -102,11 +110,12 @@ def import_generator(path: str) -> Generator:
         try:
             obj = obj()
         except Exception as exc:  # noqa: BLE001 - the user's constructor: one line
-            raise GenerateError(f"--model {path}: {attr_path}() failed ({_first_line(exc)}); it must take no arguments") from exc
+            raise GenerateError(f"--model {path}: {attr_path}() failed ({first_line(exc)}); it must take no arguments") from exc
     return check_generator(obj, f"--model {path}")
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 

@@ -19,7 +19,7 @@ import torch
 from stablerep_fast.generate.backends import resolve_backend
 from stablerep_fast.generate.config import BackendOptions, GenerateError
 from stablerep_fast.generate.families import FAMILIES, Family, make_scheduler
-from stablerep_fast.generate.generator import GenerationOutput, to_uint8_images
+from stablerep_fast.generate.generator import GenerationOutput, check_latents, to_uint8_images
 from stablerep_fast.generate.seeds import step_generators
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
@@ -164,10 +164,7 @@ class StableRepPipeline:
         num_inference_steps = self.default_steps if num_inference_steps is None else num_inference_steps
         guidance_scale = self.default_guidance if guidance_scale is None else guidance_scale
         # 1. Check inputs.
-        expected = (len(prompts), *self.latent_shape(resolution))
-        if latents.dim() != 5 or (latents.shape[0], *latents.shape[2:]) != expected:
-            raise ValueError(f"latents must be [{expected[0]}, K, {', '.join(map(str, expected[1:]))}], got {tuple(latents.shape)}")
-        batch, k = latents.shape[:2]
+        batch, k = check_latents(prompts, latents, self.latent_shape(resolution))
         guided = guidance_scale > 1.0
 
         # 2. Encode the prompts (and the empty prompt once), one context row per image.
