@@ -2,8 +2,8 @@
 the images of a batch with the same colour are positives), a short CPU run of the demo's recipe
 makes that attribute far better decodable on held-out images than a random-init encoder does.
 
-The attribute is colour because it is learnable in seconds; shape, at 32 px, is not learned by
-this recipe in a test-sized run (benchmarks/RESULTS.md, demo section)."""
+The attribute is colour because it is learnable in seconds; shape is not learned by this recipe
+in a test-sized run (benchmarks/RESULTS.md, demo section)."""
 
 from dataclasses import replace
 
@@ -16,7 +16,8 @@ from stablerep_fast.eval import ProbeConfig, evaluate, load_probe_data
 from stablerep_fast.eval.probe_sets import make_probe_set
 from stablerep_fast.train import build_model, preset, train
 
-LABEL, SIZE, VIEWS, STEPS = "colour", 32, 6, 40
+LABEL, VIEWS, STEPS = "colour", 6, 40
+SIZE = preset("cpu").image_size  # the demo recipe's
 
 
 def _batches(steps: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
