@@ -129,8 +129,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     from stablerep_fast.generate import GenerateConfig, generate
 
     config = GenerateConfig(**{f.name: getattr(args, f.name) for f in fields(GenerateConfig)})
-    if os.getcwd() not in sys.path:  # --model my_module:MyGenerator finds modules in the current folder
-        sys.path.insert(0, os.getcwd())
+    _import_from_cwd()  # --model my_module:MyGenerator finds modules in the current folder
     summary = generate(config)
     if summary.duplicates:
         print(f"note: {summary.duplicates} duplicate captions (kept, each with its own index)")
@@ -144,9 +143,17 @@ def _run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_from_cwd() -> None:
+    """Let an import path (``my_module:MyGenerator``) name modules in the current folder."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
 # Train flags that map one-to-one onto TrainConfig fields: (flag, field, type, help).
 TRAIN_FLAGS = [
-    ("--data", "data", str, "shard folder(s) from `generate`: a folder or a brace pattern"),
+    ("--data", "data", str, "shard folder(s) from `generate` (a folder or a brace pattern), or generator:MODEL to "
+                             "generate every batch while training (MODEL: shapes, a diffusers folder, package.module:Class; "
+                             "settings: --set 'online={views: latent-neighbors, captions: FILE}')"),
     ("--out", "out", str, "run folder: checkpoint.pt, config.yaml, log.jsonl"),
     ("--model", "model", str, "timm model name (random init)"),
     ("--image-size", "image_size", int, "training crop size in pixels"),
@@ -172,7 +179,7 @@ TRAIN_FLAGS = [
 def _add_train(subparsers) -> None:
     from stablerep_fast.train import PRESETS
 
-    p = subparsers.add_parser("train", help="train a ViT on generated shards with the multi-positive loss")
+    p = subparsers.add_parser("train", help="train a ViT with the multi-positive loss on generated shards, or on images generated while training")
     p.add_argument("--preset", choices=list(PRESETS), default="vit_b16", help="starting settings (tiny: CPU-sized)")
     p.add_argument("--config", type=Path, default=None, help="YAML of TrainConfig fields, applied over the preset")
     for flag, name, kind, text in TRAIN_FLAGS:
@@ -194,6 +201,7 @@ def _run_train(args: argparse.Namespace) -> int:
     flags = [name for _, name, _, _ in TRAIN_FLAGS] + ["text", "resume", "overwrite", "tensorboard", "progress"]
     config = resolve_config(args.preset, args.config, args.overrides, **{name: getattr(args, name) for name in flags})
     config.validate()
+    _import_from_cwd()  # --data generator:my_module:MyGenerator
     summary = train(config)
     print(f"step {summary.step}: {summary.images} images in {summary.seconds:.1f} s "
           f"({summary.images_per_second:.1f} images/s); last loss {summary.losses[-1] if summary.losses else float('nan'):.4f} "

@@ -1,6 +1,7 @@
-"""Training data: shards -> batches of n captions x m images per caption.
+"""Training data: shards (or a generator, online) -> batches of n captions x m images per caption.
 
-    build_loader      the loader (backends "dali", "torch", "auto")
+    build_loader      the loader (backends "dali", "torch", "auto"; source=a generator: online)
+    OnlineConfig      how online batches are generated (captions, views, generator device)
     open_index        the shard index both backends read through (captions, their images)
     GroupSampler      the n x m-of-K sampler both backends share
 """
@@ -14,14 +15,18 @@ require_extra("data")  # before the imports that need it: one line, not a traceb
 import importlib.util
 import logging
 import os
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from stablerep_fast.data.augment import AUGMENTS, Augment
 from stablerep_fast.data.index import ShardError, ShardIndex, open_index
 from stablerep_fast.data.loader import GroupLoader, SkipCounts
+from stablerep_fast.data.online import PREFIX, OnlineConfig, OnlineLoader, build_online_loader
 from stablerep_fast.data.sampler import GroupSampler
+
+if TYPE_CHECKING:
+    from stablerep_fast.generate import Generator
 
 log = logging.getLogger("stablerep_fast.data")
 
@@ -34,7 +39,7 @@ def available_backends() -> list[str]:
 
 
 def build_loader(
-    shards: str | os.PathLike | Sequence[str | os.PathLike],
+    shards: str | os.PathLike | Sequence[str | os.PathLike] | None,
     captions_per_batch: int,
     images_per_caption: int,
     image_size: int = 224,
@@ -45,8 +50,11 @@ def build_loader(
     world_size: int = 1,
     num_workers: int | None = None,
     augment: str | dict | Augment = "stablerep",
+    *,
+    source: str | os.PathLike | Generator | None = None,
+    online: OnlineConfig | dict | None = None,
 ) -> GroupLoader:
-    """A loader of StableRep batches from generated shards.
+    """A loader of StableRep batches from generated shards, or generated while training.
 
     shards:              a shard folder, a list of folders generated from the same captions with
                          different seeds (images pooled per caption), or a brace pattern over
@@ -61,6 +69,11 @@ def build_loader(
     num_workers:         DataLoader workers (torch) or DALI threads; None = min(8, CPUs)
     augment:             an Augment (every parameter settable), a mapping of its fields, or a
                          preset name: "stablerep" (the paper's recipe) or "none" (resize + centre crop)
+    source:              online generation instead of shards (``shards`` None; ``shards="generator:MODEL"``
+                         means the same): a Generator, "shapes", a Stable Diffusion folder or
+                         "pkg.module:Class"; every batch is generated fresh (data/online.py)
+    online:              OnlineConfig or a mapping of its fields: captions, views, latent_std,
+                         resolution, generator device, ... (used only with ``source``)
 
     Iterating yields images [n*m, 3, S, S] float32 normalised on ``device`` and labels [n*m]
     int64 caption ids, view-major (``labels == labels[:n].repeat(m)``); one pass is one epoch
@@ -69,8 +82,17 @@ def build_loader(
     captions. Captions with fewer than m images are left out of the sampling.
     """
     device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
-    backend = _resolve_backend(backend, device)
+    if isinstance(shards, str) and shards.startswith(PREFIX):
+        shards, source = None, shards[len(PREFIX) :]
     options = _check_inputs(image_size, augment, num_workers)
+    if (shards is None) == (source is None):
+        raise ValueError("give build_loader either shards or source= (a generator), not both or neither")
+    if source is not None:
+        if backend not in ("auto", "torch"):
+            raise ValueError(f"online generation augments with the torch transforms; backend {backend!r} cannot run it")
+        return build_online_loader(source, captions_per_batch, images_per_caption, config=OnlineConfig.parse(online),
+                                   device=device, seed=seed, rank=rank, world_size=world_size, **options)  # fmt: skip
+    backend = _resolve_backend(backend, device)
     index = open_index(shards)
     sampler = GroupSampler(
         index.images_per_caption(), captions_per_batch, images_per_caption, seed=seed, rank=rank, world_size=world_size
@@ -111,6 +133,8 @@ __all__ = [
     "BACKENDS",
     "GroupLoader",
     "GroupSampler",
+    "OnlineConfig",
+    "OnlineLoader",
     "ShardError",
     "ShardIndex",
     "SkipCounts",

@@ -5,7 +5,7 @@ there, so the workers ship a quarter of the bytes and the arithmetic runs where 
 from __future__ import annotations
 
 import io
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +36,20 @@ def build_transform(augment: Augment, size: int) -> T.Compose:
     )
 
 
+def augment_images(images: Sequence[torch.Tensor], transform: T.Compose, seed: int) -> torch.Tensor:
+    """uint8 [3, H, W] images -> uint8 [N, 3, S, S], each through ``transform``, with the torch
+    RNG seeded with ``seed`` first (the same augmentations whichever process runs them)."""
+    torch.manual_seed(seed)
+    return torch.stack([transform(image) for image in images])
+
+
+def normalize(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 [N, 3, S, S] -> float32 on ``device``, ImageNet-normalised there."""
+    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255
+    return images.to(device, non_blocking=True).float().sub_(mean).div_(std)
+
+
 def decode(data: bytes) -> torch.Tensor | None:
     """uint8 [3, H, W] RGB, or None when the bytes do not decode."""
     try:
@@ -53,9 +67,8 @@ class _Batches(Dataset):
         self.index, self.views, self.transform = index, views, transform
 
     def __getitem__(self, batch: GroupBatch) -> tuple[torch.Tensor | None, torch.Tensor, SkipCounts]:
-        torch.manual_seed(batch.seed)  # the same augmentations whichever worker runs the batch
         images, labels, counts, _ = read_batch(self.index, batch, self.views, decode)
-        stacked = torch.stack([self.transform(image) for image in images]) if images else None
+        stacked = augment_images(images, self.transform, batch.seed) if images else None
         return stacked, torch.from_numpy(labels), counts
 
 
@@ -63,21 +76,25 @@ def _as_is(sample):
     return sample
 
 
+def in_workers(dataset: Dataset, batches: Iterator[GroupBatch], num_workers: int, device: torch.device,
+               prefetch: int = 2) -> DataLoader:  # fmt: skip
+    """``dataset[batch]`` for each of ``batches``, in order, computed by ``num_workers`` worker
+    processes (0: in this process), up to ``prefetch`` batches ahead per worker."""
+    return DataLoader(
+        dataset,
+        sampler=batches,
+        batch_size=None,
+        collate_fn=_as_is,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=prefetch if num_workers else None,
+    )
+
+
 class TorchLoader(GroupLoader):
     def _run(self, batches: Iterator[GroupBatch]) -> Iterator[tuple[torch.Tensor | None, torch.Tensor, SkipCounts]]:
         dataset = _Batches(self.index, self.sampler.m, build_transform(self.augment, self.image_size))
-        workers = DataLoader(
-            dataset,
-            sampler=batches,
-            batch_size=None,
-            collate_fn=_as_is,
-            num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda",
-            prefetch_factor=2 if self.num_workers else None,
-        )
-        mean = torch.tensor(MEAN, device=self.device).view(1, 3, 1, 1) * 255
-        std = torch.tensor(STD, device=self.device).view(1, 3, 1, 1) * 255
-        for images, labels, counts in workers:
+        for images, labels, counts in in_workers(dataset, batches, self.num_workers, self.device):
             if images is not None:
-                images = images.to(self.device, non_blocking=True).float().sub_(mean).div_(std)
+                images = normalize(images, self.device)
             yield images, labels.to(self.device, non_blocking=True), counts

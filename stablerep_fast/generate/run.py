@@ -78,7 +78,7 @@ def checked_latent_shape(generator: Generator, resolution: int) -> tuple[int, ..
     return shape
 
 
-def _images_of(generator: Generator, output, expected: tuple[int, ...]) -> np.ndarray:
+def checked_images(generator: Generator, output, expected: tuple[int, ...]) -> np.ndarray:
     """The images of a generator's output, which must be uint8 [B, K, S, S, 3]; a generator
     that breaks the rule is named in a GenerateError."""
     images = getattr(output, "images", None)
@@ -150,7 +150,7 @@ def _generate_shard(
                 num_inference_steps=config.steps,
                 guidance_scale=config.guidance,
             )
-            images = _images_of(pipe, output, (len(batch), config.images_per_caption, config.save_size, config.save_size, 3))
+            images = checked_images(pipe, output, (len(batch), config.images_per_caption, config.save_size, config.save_size, 3))
             samples = [
                 Sample(sample_key(i), prompt, _sample_metadata(config, pipe, prompt, i), sample_images)
                 for i, prompt, sample_images in zip(batch, prompts, images)

@@ -211,9 +211,15 @@ class ShapesPipeline:
 
     model_id = "shapes"
     backend = "numpy"
+    default_resolution = 64  # online generation's default (its detail does not grow with pixels)
 
     def latent_shape(self, resolution: int) -> tuple[int, ...]:
         return (LATENT_DIM,)
+
+    def make_captions(self, n: int, seed: int = 0) -> list[str]:
+        """The generator's own caption source (online generation draws from it when no captions
+        file is given): ``make_captions(n, seed)``, mode "subset"."""
+        return make_captions(n, seed)
 
     def __call__(
         self,

@@ -19,6 +19,7 @@ import yaml
 
 from stablerep_fast.atomic import atomic_write
 from stablerep_fast.data.augment import Augment
+from stablerep_fast.data.online import OnlineConfig
 from stablerep_fast.errors import ConfigError
 
 PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 autocast on GPU, fp32 on CPU
@@ -27,8 +28,11 @@ REFERENCE_BATCH = 256  # lr = base_lr * global images per step / REFERENCE_BATCH
 
 @dataclass
 class TrainConfig:
-    # Data: shards written by stablerep_fast.generate (folder, list of folders or brace pattern).
+    # Data: shards written by stablerep_fast.generate (folder, list of folders or brace pattern), or
+    # "generator:MODEL" (shapes, a diffusers folder, pkg.module:Class): batches generated while training,
+    # as ``online`` says (OnlineConfig fields: captions, views, latent_std, resolution, device, ...).
     data: str | list[str] = ""
+    online: OnlineConfig | dict = field(default_factory=OnlineConfig)
     captions_per_batch: int = 1344  # n, over all ranks (x m = 8064 images per step)
     images_per_caption: int = 6  # m, drawn from each caption's K
     image_size: int = 224
@@ -73,6 +77,7 @@ class TrainConfig:
     def __post_init__(self):
         try:
             self.augment = Augment.parse(self.augment)  # a preset name or a mapping of fields
+            self.online = OnlineConfig.parse(self.online)
         except (TypeError, ValueError) as exc:
             raise ConfigError(str(exc)) from exc
 
@@ -108,7 +113,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         """Plain values (lists, dicts), for YAML and checkpoints."""
-        return {**asdict(self), "augment": self.augment.to_dict(), "betas": list(self.betas)}
+        return {**asdict(self), "augment": self.augment.to_dict(), "online": self.online.to_dict(), "betas": list(self.betas)}
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:

@@ -228,11 +228,12 @@ def _build_loader(config: TrainConfig, device: torch.device, rank: int, world: i
     from stablerep_fast.data import build_loader
 
     if not config.data:
-        raise ConfigError("no training data: set data to a shard folder written by `stablerep-fast generate`")
+        raise ConfigError("no training data: set data to a shard folder written by `stablerep-fast generate`, "
+                          "or to generator:MODEL (e.g. generator:shapes) to generate while training")  # fmt: skip
     return build_loader(
         config.data, config.captions_per_batch // world, config.images_per_caption, config.image_size,
         backend=config.loader_backend, device=device, seed=config.seed, rank=rank, world_size=world,
-        num_workers=config.num_workers, augment=config.augment,
+        num_workers=config.num_workers, augment=config.augment, online=config.online,
     )  # fmt: skip
 
 
