@@ -260,6 +260,8 @@ def _add_demo(subparsers) -> None:
     p.add_argument("--validation", action="store_true", help="probe on a split of the probe's training images (choosing settings)")
     p.add_argument("--study", choices=STUDIES, default=None,
                    help="augment: each method's accuracy per augmentation strength (on the validation split); m: multi-positive per m")
+    p.add_argument("--online", action="store_true",
+                   help="train multi-positive on images generated while training (same captions) instead of stored shards")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=_run_demo)
 
@@ -276,7 +278,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         print(f"error: --steps must be >= 1, got {args.steps}", file=sys.stderr)
         return 2
     config = DemoConfig.quick(args.out) if args.quick else DemoConfig(out=args.out)
-    overrides = dict(progress=args.progress, validation=args.validation)
+    overrides = dict(progress=args.progress, validation=args.validation, online=args.online)
     if args.seeds:
         overrides["seeds"] = tuple(args.seeds)
     if args.captions is not None:

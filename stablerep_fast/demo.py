@@ -66,6 +66,7 @@ class DemoConfig:
     methods: tuple[str, ...] = METHODS  # which to train (a study may leave the baseline out)
     validation: bool = False  # probe on a split of the probe's training images, never its test images
     num_workers: int = 1
+    online: bool = False  # multi-positive on images generated while training (same captions), not stored shards
     progress: bool = True
 
     @classmethod
@@ -168,18 +169,21 @@ def _generate(config: DemoConfig, seed: int, root: Path) -> dict[str, object]:
     captions_file.write_text("\n".join(captions) + "\n")
     common = dict(captions=captions_file, model="shapes", resolution=config.resolution, save_size=config.resolution,
                   seed=seed, progress=False)  # fmt: skip
-    generate(GenerateConfig(out=root / "multipos", images_per_caption=config.images_per_caption, **common))
+    if not config.online:
+        generate(GenerateConfig(out=root / "multipos", images_per_caption=config.images_per_caption, **common))
     generate(GenerateConfig(out=root / "single", images_per_caption=1, **common))  # image 0 of each caption
     if not (root / "single-copy").exists():
         shutil.copytree(root / "single", root / "single-copy")
-    return {"multipos": str(root / "multipos"), "simclr": [str(root / "single"), str(root / "single-copy")]}
+    return {"multipos": "generator:shapes" if config.online else str(root / "multipos"), "captions": str(captions_file),
+            "simclr": [str(root / "single"), str(root / "single-copy")]}  # fmt: skip
 
 
 def _method_configs(config: DemoConfig, seed: int, data: dict, out: Path) -> dict[str, TrainConfig]:
     base = replace(config.recipe, seed=seed, num_workers=config.num_workers, progress=config.progress, resume=False,
                    checkpoint_every=config.recipe.steps, stop_at=None)  # fmt: skip
     return {
-        "multipos": replace(base, data=data["multipos"], out=str(out / "multipos")),
+        "multipos": replace(base, data=data["multipos"], out=str(out / "multipos"),
+                            online={"captions": data["captions"], "resolution": config.resolution}),
         "simclr": replace(base, data=data["simclr"], images_per_caption=2, captions_per_batch=base.batch_images // 2,
                           augment=config.simclr_augment, out=str(out / "simclr")),
     }  # fmt: skip

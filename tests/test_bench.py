@@ -113,7 +113,7 @@ def test_data_suite_times_each_loader_against_torch():
 def test_train_suite_compares_end_to_end_with_the_model_alone():
     records = bench.run_suite("train", "cpu", **TINY["train"])
     by_variant = {r["backend"]: r for r in records}
-    assert set(by_variant) == {"model", "model+loss", "end-to-end"}
+    assert set(by_variant) == {"model", "model+loss", "end-to-end", "end-to-end-online"}
     for r in records:
         _check_fields(r)
         assert r["batch"] == 2 * r["images_per_caption"]
@@ -202,7 +202,8 @@ def test_validate_on_cpu_runs_every_stage_and_writes_json_and_markdown(tmp_path,
     assert stages["tests"]["detail"].startswith("0 passed, 0 failed, 0 errors")  # every gpu test skipped on a CPU
     measured = {(r["suite"], r["backend"]) for r in document["records"] if not r.get("skipped") and r.get("ms")}
     assert {("loss", "reference"), ("loss", "chunked"), ("loss", "cpp"), ("generate", "eager"), ("generate", "shapes"),
-            ("data", "torch"), ("train", "model"), ("train", "model+loss"), ("train", "end-to-end")} <= measured  # fmt: skip
+            ("data", "torch"), ("train", "model"), ("train", "model+loss"), ("train", "end-to-end"),
+            ("train", "end-to-end-online")} <= measured  # fmt: skip
     for r in document["records"]:
         if not r.get("skipped") and r["suite"] in SUITE_KEYS:
             _check_fields(r)

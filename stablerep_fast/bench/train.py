@@ -8,7 +8,9 @@ autocast on GPU, fp32 on CPU), each an AdamW step timed with the shared harness:
                ceiling the other two are held to;
   model+loss   the same with the multi-positive loss (``backend="auto"``, the fused one);
   end-to-end   batches from ``build_loader`` on shapes shards (generated into a temporary
-               folder), then model + loss + step: what a training loop does per step.
+               folder), then model + loss + step: what a training loop does per step;
+  end-to-end-online  the same with every batch generated while training (``source="shapes"``,
+               online generation at the shards' resolution, in the loader's worker processes).
 
 The model is the training stage's (``stablerep_fast.train.build_model`` of a preset: "tiny"
 on CPU, "vit_b16" at 224 px on GPU); the suite needs the ``train`` extra. The target: end-to-end
@@ -33,7 +35,7 @@ from stablerep_fast.bench.timing import peak_memory_mb, time_fn
 TITLE = "train: images/s of a training step, end to end vs the model alone"
 COLUMNS = ["backend", "model", "dtype", "image_size", "batch", "ms", "throughput", "peak_mb", "speedup",
            "overhead_frac", "error"]  # fmt: skip
-VARIANTS = ("model", "model+loss", "end-to-end")
+VARIANTS = ("model", "model+loss", "end-to-end", "end-to-end-online")
 
 
 def defaults(device: str, quick: bool) -> dict:
@@ -81,10 +83,10 @@ def run_train_suite(
     variants = list(VARIANTS if variants is None else variants)
     records = [skipped("train", v, dev.type, f"unknown variant; choose from {list(VARIANTS)}") for v in variants if v not in VARIANTS]
     variants = [v for v in variants if v in VARIANTS]
-    no_loader = missing_stage("data", "generate") if "end-to-end" in variants else None  # shapes shards -> build_loader
-    if no_loader:
-        records.append(skipped("train", "end-to-end", dev.type, no_loader))
-        variants.remove("end-to-end")
+    no_loader = missing_stage("data", "generate")  # shapes shards (or shapes online) -> build_loader
+    for variant in [v for v in variants if v.startswith("end-to-end")] if no_loader else []:
+        records.append(skipped("train", variant, dev.type, no_loader))
+        variants.remove(variant)
     torch.manual_seed(0)
     config = train_preset(preset)
     n = captions_per_batch or config.captions_per_batch
@@ -114,13 +116,18 @@ def run_train_suite(
             record = {**base, "backend": variant, "peak_mb": None}
             measured.append(record)
             try:
-                if variant == "end-to-end":
+                if variant.startswith("end-to-end"):
                     from stablerep_fast.bench.data import make_shapes_shards
                     from stablerep_fast.data import build_loader
 
-                    shards = make_shapes_shards(Path(tmp), 2 * n, resolution=max(64, size), images_per_caption=m + 2)
-                    loader = build_loader(shards, n, m, image_size=size, backend=loader_backend, device=dev,
-                                          num_workers=num_workers)  # fmt: skip
+                    resolution = max(64, size)
+                    if variant == "end-to-end-online":  # shapes renders on the CPU: in the worker processes
+                        loader = build_loader(None, n, m, image_size=size, device=dev, num_workers=num_workers,
+                                              source="shapes", online={"resolution": resolution, "device": "cpu"})  # fmt: skip
+                    else:
+                        shards = make_shapes_shards(Path(tmp), 2 * n, resolution=resolution, images_per_caption=m + 2)
+                        loader = build_loader(shards, n, m, image_size=size, backend=loader_backend, device=dev,
+                                              num_workers=num_workers)  # fmt: skip
                     get = _next_batch(loader)
                     fn = lambda: step(*get(), with_loss=True)  # noqa: E731
                 else:

@@ -1,8 +1,10 @@
 """Training on batches generated while training (data="generator:shapes"): the loss falls, and
 an interrupted run resumed from its checkpoint sees the same samples as an uninterrupted one."""
 
+import json
 from dataclasses import replace
 
+from stablerep_fast.cli import main
 from stablerep_fast.train import train
 
 ONLINE = {"num_captions": 64, "resolution": 32, "save_size": 16, "views": "latent-neighbors"}
@@ -24,3 +26,13 @@ def test_an_online_run_resumes_with_the_same_samples(micro_config, tmp_path):
     train(interrupted)
     second = train(replace(interrupted, stop_at=None, resume=True))
     assert second.step == 6 and second.losses == whole.losses[3:]
+
+
+def test_demo_online_trains_multipos_without_stored_shards(tmp_path):
+    assert main(["demo", "--quick", "--online", "--steps", "2", "--out", str(tmp_path), "--no-progress"]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["config"]["online"] is True
+    assert not (tmp_path / "seed0" / "data" / "multipos").exists()  # its batches were generated while training
+    saved = (tmp_path / "seed0" / "multipos" / "config.yaml").read_text()
+    assert "data: generator:shapes" in saved and "captions.txt" in saved
+    assert 0.0 <= results["summary"]["multipos"]["probe_acc"]["mean"] <= 1.0
