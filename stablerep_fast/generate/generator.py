@@ -14,7 +14,9 @@ all work for any of them.
             return GenerationOutput(images)            # uint8 [B, K, output_size, output_size, 3]
 
 ``load_generator("my_pkg.my_module:MyGenerator")`` imports the class and instantiates it with
-no arguments (``--model`` on the command line).
+no arguments (``--model`` on the command line). Online generation (``data/online.py``) also
+uses two optional attributes: ``make_captions(n, seed)`` (the generator's own captions) and
+``default_resolution``.
 """
 
 from __future__ import annotations
