@@ -24,3 +24,15 @@ def assert_close(actual, expected, *, rtol: float, atol: float, name: str = "val
             f"worst at {idx}: actual {actual.flatten()[worst].item():.10g} vs expected "
             f"{expected.flatten()[worst].item():.10g} (abs err {err.flatten()[worst].item():.3g})"
         )
+
+
+def check_epoch(loader, n: int, m: int, size: int) -> list:
+    """One epoch of ``loader`` (from step 0), checked against the loaders' contract: len() batches
+    of float32 images [n*m, 3, size, size] and int64 view-major labels of n distinct captions."""
+    batches = list(loader)
+    assert len(batches) == len(loader) and loader.step == len(loader) and loader.epoch == 1
+    for images, labels in batches:
+        assert images.shape == (n * m, 3, size, size) and images.dtype == torch.float32
+        assert labels.dtype == torch.int64 and torch.equal(labels, labels[:n].repeat(m))
+        assert len(set(labels[:n].tolist())) == n
+    return batches

@@ -5,6 +5,7 @@ import logging
 import pytest
 import torch
 from conftest import CAPTIONS, K, write_shards
+from helpers import check_epoch
 
 from stablerep_fast.data import available_backends, build_loader, open_index
 from stablerep_fast.data.augment import MEAN, STD
@@ -28,12 +29,8 @@ def _same_images(images):
 def test_batch_layout_and_epoch_coverage(shards, backend):
     loader = _loader(shards, backend, augment="none")
     assert len(loader) == CAPTIONS // N
-    batches = list(loader)
-    assert len(batches) == len(loader) and loader.step == len(loader) and loader.epoch == 1
-    for images, labels in batches:
-        assert images.shape == (N * M, 3, S, S) and images.dtype == torch.float32
-        assert labels.dtype == torch.int64 and torch.equal(labels, labels[:N].repeat(M))
-        assert len(set(labels[:N].tolist())) == N
+    batches = check_epoch(loader, N, M, S)
+    for images, _ in batches:
         assert not any(_same_images(images)), "the m views of a caption must be distinct images"
     seen = torch.cat([labels[:N] for _, labels in batches]).tolist()
     assert sorted(seen) == list(range(CAPTIONS))

@@ -7,6 +7,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from helpers import check_epoch
 from plugin_generator import Blobs
 
 from stablerep_fast.data import build_loader
@@ -38,12 +39,8 @@ def test_batches_are_the_generators_images_of_the_pool_captions(views):
     loader = _loader(online={"views": views, "latent_std": 0.3})
     texts = shapes.make_captions(POOL, 0)
     assert len(loader) == POOL // N and loader.caption_texts([0, 5]) == [texts[0], texts[5]]
-    batches = list(loader)
-    assert len(batches) == len(loader) and loader.step == len(loader) and loader.epoch == 1
+    batches = check_epoch(loader, N, M, S)
     for images, labels in batches:
-        assert images.shape == (N * M, 3, S, S) and images.dtype == torch.float32
-        assert labels.dtype == torch.int64 and torch.equal(labels, labels[:N].repeat(M))
-        assert len(set(labels[:N].tolist())) == N
         want = _expected(ShapesPipeline(), texts, labels, epoch=0, views=views, latent_std=0.3)
         torch.testing.assert_close(images, want, rtol=0, atol=1e-5)
         views_of = images.view(M, N, -1)
