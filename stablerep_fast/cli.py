@@ -1,7 +1,7 @@
 """``stablerep-fast``: the only place that parses command-line arguments.
 
-Subcommands are added by the stages that implement them; today: ``bench``, ``generate``, ``train``,
-``probe``, ``demo``.
+Subcommands are added by the stages that implement them; today: ``bench``, ``generate``,
+``farm-status``, ``train``, ``probe``, ``demo``.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 
 def _add_generate(subparsers) -> None:
-    from stablerep_fast.generate.config import BACKEND_CHOICES, DTYPE_CHOICES, IMAGE_FORMATS, GenerateConfig
+    from stablerep_fast.generate.config import ASSIGN_CHOICES, BACKEND_CHOICES, DTYPE_CHOICES, IMAGE_FORMATS, GenerateConfig
     from stablerep_fast.generate.families import SCHEDULER_ALIASES
     from stablerep_fast.generate.seeds import VIEWS
 
@@ -95,7 +95,8 @@ def _add_generate(subparsers) -> None:
     p.add_argument("--model", default=d.model,
                    help="'shapes' (procedural, no weights), a diffusers folder, a single-file checkpoint, or your own "
                         "generator class as package.module:Class (instantiated with no arguments)")  # fmt: skip
-    p.add_argument("--out", type=Path, required=True, help="output folder (re-running resumes)")
+    p.add_argument("--out", type=_location, required=True,
+                   help="output folder or fsspec URL (s3://, gs://, file://); re-running resumes")  # fmt: skip
     p.add_argument("--images-per-caption", type=int, default=d.images_per_caption, metavar="K")
     p.add_argument("--steps", type=int, default=d.steps, help="denoising steps (default: the model family's, e.g. 50 for SD 1.5, 1 for SD-Turbo)")
     p.add_argument("--guidance", type=float, default=d.guidance,
@@ -110,6 +111,11 @@ def _add_generate(subparsers) -> None:
     p.add_argument("--shard-size", type=int, default=d.shard_size, help="captions per shard")
     p.add_argument("--world-size", type=int, default=None, help="default: WORLD_SIZE or SLURM_NTASKS, else 1")
     p.add_argument("--rank", type=int, default=None, help="default: RANK or SLURM_PROCID, else 0")
+    p.add_argument("--assign", choices=ASSIGN_CHOICES, default=d.assign,
+                   help="dynamic: every process claims the next free shard and takes over claims whose lease ran out "
+                        "(any number of processes on one folder); static: rank r writes shards s %% world size == r")  # fmt: skip
+    p.add_argument("--lease", type=float, default=d.lease, metavar="SECONDS",
+                   help="dynamic: a claim not renewed for this long is taken over")  # fmt: skip
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default=d.dtype, help="auto: float16 on GPU, float32 on CPU")
     p.add_argument("--backend", choices=BACKEND_CHOICES, default=d.backend, help="auto: tensorrt, else compile on GPU, else eager")
@@ -135,6 +141,8 @@ def _run_generate(args: argparse.Namespace) -> int:
         print(f"note: {summary.duplicates} duplicate captions (kept, each with its own index)")
     if summary.blanks:
         print(f"note: {summary.blanks} blank or null captions in {config.captions} (skipped)")
+    if summary.takeovers or summary.lost:
+        print(f"note: {summary.takeovers} shards taken over from expired claims, {summary.lost} lost to a takeover")
     print(
         f"rank {summary.rank}/{summary.world_size}: {summary.images} images of {summary.captions} captions in "
         f"{summary.shards_written} shards, {summary.seconds:.1f} s ({summary.images_per_second:.2f} images/s, "
@@ -147,6 +155,29 @@ def _import_from_cwd() -> None:
     """Let an import path (``my_module:MyGenerator``) name modules in the current folder."""
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+
+
+def _location(text: str) -> str | Path:
+    """A folder (Path) or an fsspec URL (kept as text)."""
+    from stablerep_fast.storage import is_url
+
+    return text if is_url(text) else Path(text)
+
+
+def _add_farm_status(subparsers) -> None:
+    p = subparsers.add_parser("farm-status", help="shards done/claimed/left, images/s per host and ETA of a generation farm")
+    p.add_argument("folder", type=_location, metavar="DIR", help="the --out of the farm (a folder or fsspec URL)")
+    p.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    p.add_argument("--interval", type=float, default=600.0, metavar="SECONDS", help="images/s over this last stretch")
+    p.set_defaults(func=_run_farm_status)
+
+
+def _run_farm_status(args: argparse.Namespace) -> int:
+    from stablerep_fast.generate.farm_status import farm_status, format_status
+
+    status = farm_status(args.folder, interval=args.interval)
+    print(status.to_json() if args.json else format_status(status))
+    return 0
 
 
 # Train flags that map one-to-one onto TrainConfig fields: (flag, field, type, help).
@@ -300,8 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="StableRep, fast: generate synthetic images, train with the multi-positive loss, probe, benchmark.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for name, add in (("bench", _add_bench), ("generate", _add_generate), ("train", _add_train),
-                      ("probe", _add_probe), ("demo", _add_demo)):  # fmt: skip
+    for name, add in (("bench", _add_bench), ("generate", _add_generate), ("farm-status", _add_farm_status),
+                      ("train", _add_train), ("probe", _add_probe), ("demo", _add_demo)):  # fmt: skip
         try:
             add(subparsers)
         except MissingExtraError as exc:  # the stage's extra is not installed: the command says so

@@ -12,9 +12,13 @@ A dataset folder (one sample per caption; a sample's key is its caption id, 9 di
                                  sample of "<ext> <data offset> <size> <member name>" groups
     shard-000000.done.json       written last: {shard, captions, images, bytes, seconds, rank,
                                  dataset: the settings of dataset.json that define the images}
-    shard-000000.lock            held (``flock``) by the process writing the shard
+    shard-000000.lock            held (``flock``) by the process writing the shard (static split)
+    shard-000000.claim-0.json    a farm's claim on the shard (dynamic split, ``generate/claims.py``):
+                                 {holder, host, pid, rank, claimed, renewed, lease, ...}; a takeover
+                                 creates claim-1, claim-2, ...; kept after the shard is done
 
-Every file is published atomically (``stablerep_fast.atomic``); a shard counts as done only
+A folder is a path or an fsspec URL (``stablerep_fast.storage``). Every file is published
+atomically (a temporary name, then a rename or move); a shard counts as done only
 when its done marker exists and its tar has the size the marker records. A sample's JSON holds
 ``crc32``: the CRC-32 of each of its K image files, which readers check before decoding.
 Nothing else in a folder belongs to the package (``is_package_file``), so nothing else is ever
@@ -29,8 +33,11 @@ import re
 import zlib
 from pathlib import Path
 
-from stablerep_fast.atomic import atomic_write, is_temp
+from stablerep_fast import storage
+from stablerep_fast.atomic import is_temp
 from stablerep_fast.errors import DataError
+
+Folder = str | os.PathLike  # a path or an fsspec URL
 
 DATASET_FILE = "dataset.json"
 DATASET_VERSION = 1
@@ -39,6 +46,7 @@ TAR_SUFFIX = ".tar"
 INDEX_SUFFIX = ".idx"
 DONE_SUFFIX = ".done.json"  # {"bytes": tar size, counts, seconds}, written after the tar is complete
 LOCK_SUFFIX = ".lock"  # flock'ed by the shard's writer; never removed while a writer may hold it
+CLAIM_PATTERN = re.compile(rf"{SHARD_PREFIX}(\d{{6,}})\.claim-(\d+)\.json")  # shard, generation
 SHARD_SUFFIXES = (TAR_SUFFIX, INDEX_SUFFIX, DONE_SUFFIX)
 SHARD_GLOB = f"{SHARD_PREFIX}*{TAR_SUFFIX}"
 INDEX_VERSION = "v1.2"  # wds2idx: "v1.2 SAMPLES", then per sample "EXT OFFSET SIZE NAME" repeated
@@ -54,9 +62,26 @@ def shard_stem(shard: int) -> str:
     return f"{SHARD_PREFIX}{shard:06d}"
 
 
-def shard_file(folder: str | os.PathLike, shard: int, suffix: str) -> Path:
-    """The file of ``shard`` with ``suffix`` (TAR_SUFFIX, INDEX_SUFFIX or DONE_SUFFIX)."""
-    return Path(folder) / f"{shard_stem(shard)}{suffix}"
+def shard_file(folder: Folder, shard: int, suffix: str) -> Path | str:
+    """The file of ``shard`` with ``suffix`` (TAR_SUFFIX, INDEX_SUFFIX or DONE_SUFFIX): a Path
+    in a local folder, a URL in a URL's."""
+    return in_folder(folder, f"{shard_stem(shard)}{suffix}")
+
+
+def in_folder(folder: Folder, name: str) -> Path | str:
+    """``name`` inside ``folder``: a Path for a local folder, a URL for a URL."""
+    return storage.join(folder, name) if storage.is_url(folder) else Path(folder) / name
+
+
+def claim_name(shard: int, generation: int) -> str:
+    """``shard-000042.claim-3.json``: generation 3 of shard 42's claim (0 first, +1 per takeover)."""
+    return f"{shard_stem(shard)}.claim-{generation}.json"
+
+
+def parse_claim_name(name: str) -> tuple[int, int] | None:
+    """(shard, generation) of a claim file's name; None for any other name."""
+    match = CLAIM_PATTERN.fullmatch(name)
+    return (int(match.group(1)), int(match.group(2))) if match else None
 
 
 def sibling(tar: str | os.PathLike, suffix: str) -> str:
@@ -67,24 +92,25 @@ def sibling(tar: str | os.PathLike, suffix: str) -> str:
     return tar[: -len(TAR_SUFFIX)] + suffix
 
 
-def shard_files(folder: str | os.PathLike, shard: int) -> list[Path]:
+def shard_files(folder: Folder, shard: int, listing: list[str] | None = None) -> list[Path | str]:
     """The files of ``shard`` in ``folder`` that this package writes and that exist: its tar,
-    .idx and done marker and their temporary files. Nothing else matches, whatever its name."""
+    .idx and done marker and their temporary files (not its claims). Nothing else matches,
+    whatever its name. ``listing``: the folder's file names when already listed."""
     stem = shard_stem(shard)
     names = {stem + suffix for suffix in SHARD_SUFFIXES}
     found = []
-    for path in Path(folder).glob(f"{stem}.*"):
-        if path.name in names or (is_temp(path) and any(path.name.startswith(name + ".") for name in names)):
-            found.append(path)
+    for name in storage.listdir(folder) if listing is None else listing:
+        if name in names or (is_temp(name) and any(name.startswith(n + ".") for n in names)):
+            found.append(in_folder(folder, name))
     return sorted(found)
 
 
 def is_package_file(name: str) -> bool:
     """Whether a file named ``name`` in a dataset folder is one this package writes:
-    dataset.json, a shard's tar, .idx, done marker or lock, or a temporary file of one of them."""
+    dataset.json, a shard's tar, .idx, done marker, lock or claim, or a temporary file of one of them."""
     if is_temp(name):
         name = name.rsplit(".", 2)[0]  # NAME.<pid>-<random>.srf-tmp -> NAME
-    if name == DATASET_FILE:
+    if name == DATASET_FILE or parse_claim_name(name) is not None:
         return True
     match = re.fullmatch(rf"{SHARD_PREFIX}\d{{6,}}(\..+)", name)
     return match is not None and match.group(1) in (*SHARD_SUFFIXES, LOCK_SUFFIX)
@@ -133,26 +159,32 @@ def format_index(samples: list[list[IndexEntry]]) -> bytes:
 
 
 def read_index(path: str | os.PathLike) -> list[IndexEntry]:
-    """The members an .idx file lists; ValueError naming the file if it is not one."""
-    with open(path) as f:
-        header = f.readline().split()
-        if len(header) != 2 or header[0] != INDEX_VERSION:
-            raise ValueError(f"{path}: expected a wds2idx {INDEX_VERSION} index, header is {header}")
-        entries = []
-        for number, line in enumerate(f, start=2):
-            fields = line.split()
-            if len(fields) % 4:
-                raise ValueError(f"{path}: line {number} does not hold groups of 'ext offset size name'")
-            for i in range(0, len(fields), 4):
-                ext, offset, size, name = fields[i : i + 4]
-                entries.append((ext, int(offset), int(size), name))
+    """The members an .idx file (a path or URL) lists; ValueError naming the file if it is not one."""
+    lines = storage.read_bytes(path).decode().splitlines()
+    header = lines[0].split() if lines else []
+    if len(header) != 2 or header[0] != INDEX_VERSION:
+        raise ValueError(f"{path}: expected a wds2idx {INDEX_VERSION} index, header is {header}")
+    entries = []
+    for number, line in enumerate(lines[1:], start=2):
+        fields = line.split()
+        if len(fields) % 4:
+            raise ValueError(f"{path}: line {number} does not hold groups of 'ext offset size name'")
+        for i in range(0, len(fields), 4):
+            ext, offset, size, name = fields[i : i + 4]
+            entries.append((ext, int(offset), int(size), name))
     return entries
 
 
 # The done marker.
-def write_done(folder: str | os.PathLike, shard: int, record: dict) -> None:
-    """Publish the done marker of ``shard``: the last file a shard gets."""
-    atomic_write(shard_file(folder, shard, DONE_SUFFIX), json.dumps(record).encode())
+def write_done(folder: Folder, shard: int, record: dict, *, exclusive: bool = False) -> bool:
+    """Publish the done marker of ``shard``: the last file a shard gets. ``exclusive``: only if
+    it has none yet (False when another writer was first)."""
+    data = json.dumps(record).encode()
+    location = shard_file(folder, shard, DONE_SUFFIX)
+    if exclusive:
+        return storage.create(location, data)
+    storage.write_bytes(location, data)
+    return True
 
 
 def read_done(path: str | os.PathLike) -> dict:
@@ -164,30 +196,30 @@ def read_done(path: str | os.PathLike) -> dict:
     return record
 
 
-def is_done(folder: str | os.PathLike, shard: int) -> bool:
+def is_done(folder: Folder, shard: int) -> bool:
     """True when the shard's done marker exists and its tar has the size the marker records."""
     try:
         recorded = read_done(shard_file(folder, shard, DONE_SUFFIX))["bytes"]
-        return shard_file(folder, shard, TAR_SUFFIX).stat().st_size == recorded
+        return storage.size(shard_file(folder, shard, TAR_SUFFIX)) == recorded
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
 
 # dataset.json.
-def dataset_file(folder: str | os.PathLike) -> Path:
-    return Path(folder) / DATASET_FILE
+def dataset_file(folder: Folder) -> Path | str:
+    return in_folder(folder, DATASET_FILE)
 
 
-def is_dataset(folder: str | os.PathLike) -> bool:
+def is_dataset(folder: Folder) -> bool:
     """Whether ``folder`` holds a dataset of this package (its dataset.json)."""
-    return dataset_file(folder).is_file()
+    return storage.isfile(dataset_file(folder))
 
 
-def read_dataset(folder: str | os.PathLike) -> dict:
+def read_dataset(folder: Folder) -> dict:
     """``folder/dataset.json``: the generation settings (K = ``images_per_caption``, ``image_format``);
     DataError naming the file when it is damaged."""
     path = dataset_file(folder)
-    if not path.is_file():
+    if not storage.isfile(path):
         raise FileNotFoundError(f"{path} not found: is {folder} a folder written by stablerep_fast.generate?")
     try:
         record = _read_json(path)
@@ -201,6 +233,6 @@ def read_dataset(folder: str | os.PathLike) -> dict:
 def _read_json(path: str | os.PathLike):
     """The JSON value of a file; ValueError naming the file when it is not JSON."""
     try:
-        return json.loads(Path(path).read_bytes())
+        return json.loads(storage.read_bytes(path))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path} is damaged (not JSON: {' '.join(str(exc).split())[:80]})") from None

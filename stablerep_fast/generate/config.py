@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 BACKEND_CHOICES = ("auto", "eager", "compile", "tensorrt")
 DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
 IMAGE_FORMATS = ("jpg", "png")
+ASSIGN_CHOICES = ("dynamic", "static")
 
 # Settings that change the images or the layout; recorded in dataset.json and required to
 # match on resume. The others (batch size, farm split, device, dtype, backend) only change
@@ -59,11 +60,14 @@ class BackendOptions:
 
 @dataclass
 class GenerateConfig:
-    """Everything ``generate`` needs. ``world_size``/``rank`` None: from torchrun/Slurm env;
-    ``device`` None: cuda when available; ``dtype`` "auto": float16 on GPU, float32 on CPU."""
+    """Everything ``generate`` needs. ``out``: a folder or an fsspec URL (s3://, gs://, file://);
+    ``world_size``/``rank`` None: from torchrun/Slurm env; ``assign``: "dynamic" (ranks claim
+    shards, taking over claims whose ``lease`` seconds ran out) or "static" (rank r writes the
+    shards s with s % world_size == r); ``device`` None: cuda when available; ``dtype`` "auto":
+    float16 on GPU, float32 on CPU."""
 
     captions: Path
-    out: Path
+    out: Path | str
     # "shapes", a diffusers folder, a single-file checkpoint, "my_pkg.my_module:MyGenerator",
     # or a Generator object (see generator.py)
     model: str | Generator = "shapes"
@@ -79,6 +83,8 @@ class GenerateConfig:
     shard_size: int = 1000  # captions per shard
     world_size: int | None = None
     rank: int | None = None
+    assign: str = "dynamic"
+    lease: float = 300.0  # seconds; see generate/claims.py
     device: str | None = None
     dtype: str = "auto"
     backend: str = "auto"
@@ -102,6 +108,8 @@ class GenerateConfig:
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
             (self.shard_size >= 1, f"shard size must be >= 1, got {self.shard_size}"),
             (self.world_size is None or self.world_size >= 1, f"world size must be >= 1, got {self.world_size}"),
+            (self.assign in ASSIGN_CHOICES, f"assign must be one of {ASSIGN_CHOICES}, got {self.assign!r}"),
+            (self.lease > 0, f"lease must be > 0 seconds, got {self.lease}"),
             (self.backend in BACKEND_CHOICES, f"backend must be one of {BACKEND_CHOICES}, got {self.backend!r}"),
             (self.dtype in DTYPE_CHOICES, f"dtype must be one of {DTYPE_CHOICES}, got {self.dtype!r}"),
             (self.image_format in IMAGE_FORMATS, f"format must be one of {IMAGE_FORMATS}, got {self.image_format!r}"),

@@ -1,9 +1,11 @@
 """Writing shards: one tar per shard, published atomically, then its .idx and done marker.
 
 The layout and names are ``stablerep_fast.shards``'. A shard's tar is written under a temporary
-name (``stablerep_fast.atomic``), fsynced and renamed, so a crash never leaves a truncated tar
-behind; only a shard with a done marker (and a tar of the size it records) counts as done, and
-``clear_shard`` removes what is left of an unfinished one (only files this package writes).
+name (``stablerep_fast.storage``: a local folder or an fsspec URL), then published under its
+name only if no other process published it first; a crash never leaves a truncated tar behind.
+Only a shard with a done marker (created exclusively, last) and a tar of the size it records
+counts as done, and ``clear_shard`` removes what is left of an unfinished one (only files this
+package writes).
 """
 
 from __future__ import annotations
@@ -11,19 +13,20 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from stablerep_fast import shards
-from stablerep_fast.atomic import AtomicFile, atomic_write, file_lock, is_temp
+from stablerep_fast import shards, storage
+from stablerep_fast.atomic import file_lock, is_temp
 from stablerep_fast.errors import LockError, OutputError
+from stablerep_fast.generate.claims import ClaimLost
 from stablerep_fast.generate.config import GenerateError
 
 PIL_FORMATS = {"jpg": "JPEG", "png": "PNG"}
@@ -48,18 +51,20 @@ def encode_image(image: np.ndarray, image_format: str, quality: int) -> bytes:
 class ShardWriter:
     """Writes one shard: members go to a temporary tar; ``commit`` makes it visible.
     ``dataset``: the settings that define the images (dataset.json's), recorded in the done
-    marker so that the shard can never be taken for one of another configuration."""
+    marker so that the shard can never be taken for one of another configuration. ``holder``:
+    the claim holder's id (dynamic split), recorded in the done marker with the host."""
 
-    def __init__(self, out: Path, shard: int, *, image_format: str, quality: int, rank: int = 0,
-                 dataset: dict | None = None):  # fmt: skip
-        self.out = Path(out)
+    def __init__(self, out: storage.Location, shard: int, *, image_format: str, quality: int, rank: int = 0,
+                 dataset: dict | None = None, holder: str | None = None):  # fmt: skip
+        self.out = out
         self.shard = shard
         self.image_format = image_format
         self.quality = quality
         self.rank = rank
         self.dataset = dataset
+        self.holder = holder
         self.path = shards.shard_file(self.out, shard, shards.TAR_SUFFIX)
-        self._file = AtomicFile(self.path)
+        self._file = storage.PublishedFile(self.path, exclusive=True)
         self.tmp = self._file.tmp
         self.started = time.perf_counter()
         self.index: list[list[shards.IndexEntry]] = []  # per sample: (ext, offset, size, name)
@@ -86,21 +91,32 @@ class ShardWriter:
             self.index.append([self._add_member(shards.member_name(sample.key, ext), data) for ext, data in members])
             self.images += len(sample.images)
 
-    def commit(self) -> dict:
-        """Close, fsync and rename the tar, then write its index and, last, its done marker."""
+    def commit(self, still_ours: Callable[[], bool] | None = None) -> dict:
+        """Close the tar and publish it, then its index and, last, its done marker. ``still_ours``:
+        asked just before publishing (a claim not taken over); ClaimLost, with nothing published,
+        when it says no or another process published the shard first."""
         self._tar.close()
-        self._file.commit()
-        atomic_write(shards.shard_file(self.out, self.shard, shards.INDEX_SUFFIX), shards.format_index(self.index))
+        if still_ours is not None and not still_ours():
+            self._file.abort()
+            raise ClaimLost(f"{self.path}: the claim on this shard was taken over; nothing published")
+        if not self._file.commit():
+            raise ClaimLost(f"{self.path} was published by another process first (two processes with one rank?); "
+                            "nothing overwritten")  # fmt: skip
+        storage.write_bytes(shards.shard_file(self.out, self.shard, shards.INDEX_SUFFIX), shards.format_index(self.index))
         done = {
             "shard": self.shard,
             "captions": len(self.index),
             "images": self.images,
-            "bytes": self.path.stat().st_size,
+            "bytes": storage.size(self.path),
             "seconds": round(time.perf_counter() - self.started, 3),
+            "finished": round(time.time(), 3),
             "rank": self.rank,
+            "host": socket.gethostname(),
+            "holder": self.holder,
             "dataset": self.dataset,
         }
-        shards.write_done(self.out, self.shard, done)
+        if not shards.write_done(self.out, self.shard, done, exclusive=True):
+            raise ClaimLost(f"{self.path}: another process wrote its done marker first")
         return done
 
     def abort(self) -> None:
@@ -114,9 +130,13 @@ class ShardWriter:
 
 
 @contextmanager
-def shard_lock(out: Path, shard: int) -> Iterator[None]:
-    """Hold the lock of ``shard`` while writing it; LockError at once if another process holds
-    it (two processes given the same rank). The lock file is removed when released."""
+def shard_lock(out: storage.Location, shard: int) -> Iterator[None]:
+    """Hold the lock of ``shard`` while writing it (static split); LockError at once if another
+    process holds it (two processes given the same rank). The lock file is removed when released.
+    A URL folder has no locks (``flock`` is local): there, one process per rank is the rule."""
+    if storage.is_url(out):
+        yield
+        return
     path = shards.shard_file(out, shard, shards.LOCK_SUFFIX)
 
     def held() -> None:
@@ -127,15 +147,15 @@ def shard_lock(out: Path, shard: int) -> Iterator[None]:
         yield
 
 
-def check_output_folder(out: Path, record: dict) -> None:
+def check_output_folder(out: storage.Location, record: dict) -> None:
     """Refuse (touching nothing) an ``out`` that is a file, that holds shards whose done markers
     record another configuration than ``record`` (the dataset.json this run writes), or that has
     no dataset.json and holds anything but such shards and the package's temporary files."""
-    if out.exists() and not out.is_dir():
+    if storage.isfile(out):
         raise OutputError(f"--out {out} is a file; give a folder (new, or a dataset folder of stablerep-fast)")
-    if not out.is_dir():
+    if not storage.isdir(out):
         return
-    names = os.listdir(out)
+    names = os.listdir(out) if not storage.is_url(out) else storage.listdir(out)  # locally, sub-folders count too
     has_dataset = shards.is_dataset(out)  # after listing: a farm peer writes dataset.json before any shard file
     record = json.loads(json.dumps(record))  # compare as it reads back
     if has_dataset:
@@ -143,30 +163,30 @@ def check_output_folder(out: Path, record: dict) -> None:
     vouched = {shards.DATASET_FILE}  # stems of shards whose done marker records this configuration
     for name in sorted(n for n in names if n.endswith(shards.DONE_SUFFIX) and shards.is_package_file(n)):
         try:
-            made_with = shards.read_done(out / name).get("dataset")
+            made_with = shards.read_done(shards.in_folder(out, name)).get("dataset")
         except (OSError, ValueError):
             continue  # a damaged marker: its shard is not done, and is redone by its owner
         if made_with is None and has_dataset:
             continue  # written before done markers recorded the configuration; dataset.json vouches for it
         if made_with != record:
             diff = _diff(made_with, record) if isinstance(made_with, dict) else "not recorded in it"
-            raise GenerateError(f"{out / name} belongs to a dataset made with another configuration ({diff}); "
+            raise GenerateError(f"{shards.in_folder(out, name)} belongs to a dataset made with another configuration ({diff}); "
                                 "use another --out")  # fmt: skip
         vouched.add(name.split(".", 1)[0])
     if has_dataset:
         return
     foreign = sorted(n for n in names if not (shards.is_package_file(n) and (
-        is_temp(n) or n.endswith(shards.LOCK_SUFFIX) or n.split(".", 1)[0] in vouched)))  # fmt: skip
+        is_temp(n) or n.endswith(shards.LOCK_SUFFIX) or shards.parse_claim_name(n) or n.split(".", 1)[0] in vouched)))  # fmt: skip
     if foreign:
         raise OutputError(f"--out {out} holds files stablerep-fast did not write or cannot vouch for "
                           f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}) and no dataset.json; "
                           "use an empty or new folder")  # fmt: skip
 
 
-def clear_shard(out: Path, shard: int) -> None:
+def clear_shard(out: storage.Location, shard: int) -> None:
     """Remove every file this package wrote of an unfinished shard (its owner is about to redo it)."""
     for path in shards.shard_files(out, shard):
-        path.unlink(missing_ok=True)
+        storage.remove(path)
 
 
 def dataset_record(settings: dict, *, captions_sha256: str, num_captions: int, duplicates: int, num_shards: int) -> dict:
@@ -182,7 +202,7 @@ def dataset_record(settings: dict, *, captions_sha256: str, num_captions: int, d
     }
 
 
-def ensure_dataset_json(out: Path, record: dict) -> None:
+def ensure_dataset_json(out: storage.Location, record: dict) -> None:
     """Create ``out/dataset.json`` with ``record`` or check that the one there is equal.
 
     The first writer publishes it exclusively (``atomic_write(..., exclusive=True)``), so
@@ -190,12 +210,12 @@ def ensure_dataset_json(out: Path, record: dict) -> None:
     """
     path = shards.dataset_file(out)
     record = json.loads(json.dumps(record))  # compare as it reads back
-    if not path.exists():
-        atomic_write(path, json.dumps(record, indent=1, sort_keys=True).encode(), exclusive=True)
+    if not storage.exists(path):
+        storage.create(path, json.dumps(record, indent=1, sort_keys=True).encode())
     _check_dataset_json(out, record)
 
 
-def _check_dataset_json(out: Path, record: dict) -> None:
+def _check_dataset_json(out: storage.Location, record: dict) -> None:
     path = shards.dataset_file(out)
     try:
         existing = shards.read_dataset(out)

@@ -1,0 +1,157 @@
+"""``farm-status``: where a generation farm stands, from its output folder alone.
+
+Reads ``dataset.json``, the done markers (captions, images, host, finish time) and the claim
+records (``claims.py``) of a folder or URL; changes nothing. Rates are images finished over the
+last ``interval`` seconds (or since the first claim, when the farm is younger), per host and
+overall; the ETA divides the images left by the overall rate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+
+from stablerep_fast import shards, storage
+from stablerep_fast.errors import DataError
+from stablerep_fast.generate.claims import Claim, latest_generations
+
+
+@dataclass
+class HostStatus:
+    shards_done: int = 0
+    images_done: int = 0
+    images_recent: int = 0  # finished within the interval
+    claimed: int = 0  # shards it holds now (live claims)
+    images_per_second: float = 0.0
+
+
+@dataclass
+class FarmStatus:
+    folder: str
+    num_shards: int
+    shards_done: int
+    shards_claimed: int  # held by a live claim, not done
+    shards_left: int  # neither done nor held (expired claims included)
+    expired_claims: list[dict]  # {shard, host, pid, holder, age}: claims whose lease ran out, shard not done
+    damaged: list[int]  # shards whose done marker cannot be read
+    captions_total: int
+    captions_done: int
+    images_total: int
+    images_done: int
+    interval: float  # seconds the rates are measured over
+    images_per_second: float
+    eta_seconds: float | None  # None: no rate yet
+    hosts: dict[str, HostStatus] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+
+def farm_status(folder: storage.Location, *, interval: float = 600.0, now: float | None = None) -> FarmStatus:
+    """The status of the farm writing ``folder`` (a path or URL); DataError when it holds no dataset."""
+    now = time.time() if now is None else now
+    try:
+        dataset = shards.read_dataset(folder)
+    except FileNotFoundError as exc:
+        raise DataError(f"{exc}") from None
+    num_shards = int(dataset.get("num_shards") or 0)
+    k = int(dataset["images_per_caption"])
+    files = storage.list_files(folder)
+
+    done_names = [n for n in files if n.endswith(shards.DONE_SUFFIX) and shards.is_package_file(n)]
+    contents = storage.read_many([storage.join(folder, n) for n in done_names])
+    done: dict[int, dict] = {}
+    damaged = []
+    for name in done_names:
+        shard = int(name[len(shards.SHARD_PREFIX) :].split(".")[0])
+        try:
+            record = json.loads(contents[storage.join(folder, name)])
+            if not isinstance(record, dict) or files.get(shards.shard_stem(shard) + shards.TAR_SUFFIX, (None,))[0] != record.get("bytes"):
+                raise ValueError
+        except (ValueError, TypeError):
+            damaged.append(shard)
+            continue
+        done[shard] = record
+
+    latest = latest_generations(list(files))
+    pending = {s: g for s, g in latest.items() if s not in done}
+    claim_locations = {s: storage.join(folder, shards.claim_name(s, g)) for s, g in pending.items()}
+    claim_bytes = storage.read_many(list(claim_locations.values()))
+    claims: dict[int, Claim] = {}
+    for shard, location in claim_locations.items():
+        try:
+            claims[shard] = Claim(**json.loads(claim_bytes[location]))
+        except (ValueError, TypeError, KeyError):
+            continue  # being written or removed meanwhile: counted as left
+    live = {s: c for s, c in claims.items() if not c.expired(now)}
+    expired = [dict(shard=s, host=c.host, pid=c.pid, holder=c.holder, age=round(now - c.renewed, 1))
+               for s, c in sorted(claims.items()) if s not in live]  # fmt: skip
+
+    hosts: dict[str, HostStatus] = defaultdict(HostStatus)
+    starts = [c.claimed for c in claims.values()] + [r.get("finished", now) - r.get("seconds", 0) for r in done.values()]
+    window = max(min(interval, now - min(starts, default=now)), 1e-9)
+    for record in done.values():
+        host = hosts[str(record.get("host", "unknown"))]
+        host.shards_done += 1
+        host.images_done += int(record.get("images", 0))
+        if now - float(record.get("finished", -math.inf)) <= window:
+            host.images_recent += int(record.get("images", 0))
+    for claim in live.values():
+        hosts[claim.host].claimed += 1
+    for host in hosts.values():
+        host.images_per_second = round(host.images_recent / window, 3)
+
+    captions_total = int(dataset.get("num_captions") or 0)
+    images_done = sum(int(r.get("images", 0)) for r in done.values())
+    rate = sum(h.images_recent for h in hosts.values()) / window
+    images_left = captions_total * k - images_done
+    return FarmStatus(
+        folder=str(folder),
+        num_shards=num_shards,
+        shards_done=len(done),
+        shards_claimed=len(live),
+        shards_left=num_shards - len(done) - len(live),
+        expired_claims=expired,
+        damaged=sorted(damaged),
+        captions_total=captions_total,
+        captions_done=sum(int(r.get("captions", 0)) for r in done.values()),
+        images_total=captions_total * k,
+        images_done=images_done,
+        interval=round(window, 3),
+        images_per_second=round(rate, 3),
+        eta_seconds=round(images_left / rate, 1) if rate > 0 else (0.0 if images_left <= 0 else None),
+        hosts=dict(sorted(hosts.items())),
+    )
+
+
+def format_status(status: FarmStatus) -> str:
+    """The status as a few lines for people."""
+    eta = "unknown (no shard finished in the interval)" if status.eta_seconds is None else _duration(status.eta_seconds)
+    lines = [
+        f"{status.folder}: {status.shards_done}/{status.num_shards} shards done, {status.shards_claimed} claimed, "
+        f"{status.shards_left} left",
+        f"captions {status.captions_done}/{status.captions_total}, images {status.images_done}/{status.images_total}",
+        f"{status.images_per_second:.2f} images/s over the last {_duration(status.interval)}; ETA {eta}",
+    ]
+    if status.expired_claims:
+        shown = ", ".join(f"{c['shard']} ({c['host']} pid {c['pid']}, {_duration(c['age'])} ago)" for c in status.expired_claims[:5])
+        more = f", and {len(status.expired_claims) - 5} more" if len(status.expired_claims) > 5 else ""
+        lines.append(f"expired claims (taken over by the next free rank): {shown}{more}")
+    if status.damaged:
+        lines.append(f"damaged shards (done marker unreadable or tar of another size; the next generate run redoes them): {status.damaged[:10]}")
+    for name, host in status.hosts.items():
+        lines.append(f"  {name}: {host.shards_done} shards, {host.images_done} images, {host.images_per_second:.2f} images/s, "
+                     f"{host.claimed} claimed now")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
