@@ -24,6 +24,8 @@ from stablerep_fast.data.index import ShardError, ShardIndex, open_index
 from stablerep_fast.data.loader import GroupLoader, SkipCounts
 from stablerep_fast.data.online import PREFIX, OnlineConfig, OnlineLoader, build_online_loader
 from stablerep_fast.data.sampler import GroupSampler
+from stablerep_fast.errors import ConfigError
+from stablerep_fast.storage import is_url
 
 if TYPE_CHECKING:
     from stablerep_fast.generate import Generator
@@ -58,7 +60,8 @@ def build_loader(
 
     shards:              a shard folder, a list of folders generated from the same captions with
                          different seeds (images pooled per caption), or a brace pattern over
-                         folders or tars ("out/seed{0..3}", "out/shard-{000000..000099}.tar")
+                         folders or tars ("out/seed{0..3}", "out/shard-{000000..000099}.tar");
+                         paths or fsspec URLs ("s3://bucket/data", read by the torch backend)
     captions_per_batch:  n, captions per batch on this rank
     images_per_caption:  m, images per caption, drawn without replacement from its K
     image_size:          S, the side of the square crops
@@ -92,8 +95,13 @@ def build_loader(
             raise ValueError(f"online generation augments with the torch transforms; backend {backend!r} cannot run it")
         return build_online_loader(source, captions_per_batch, images_per_caption, config=OnlineConfig.parse(online),
                                    device=device, seed=seed, rank=rank, world_size=world_size, **options)  # fmt: skip
-    backend = _resolve_backend(backend, device)
+    requested, backend = backend, _resolve_backend(backend, device)
     index = open_index(shards)
+    if backend == "dali" and any(is_url(tar) for tar in index.shards):  # DALI's reader opens local files only
+        if requested != "auto":
+            raise ConfigError(f"backend 'dali' reads shards from local disks only, not {index.shards[0]}; "
+                              "use backend='torch' (or 'auto'), or copy the shards to a local disk")  # fmt: skip
+        backend = "torch"
     sampler = GroupSampler(
         index.images_per_caption(), captions_per_batch, images_per_caption, seed=seed, rank=rank, world_size=world_size
     )

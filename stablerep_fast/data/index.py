@@ -2,13 +2,15 @@
 
 The format (names, members, .idx, done markers) is ``stablerep_fast.shards``'. ``open_index``
 takes a folder, a list of folders generated from the same captions with different seeds (their
-images are pooled per caption), or a brace pattern over folders or tars. Images are byte ranges
+images are pooled per caption), or a brace pattern over folders or tars; each may be a path or
+an fsspec URL (``stablerep_fast.storage``: s3://, gs://, file://, memory://). Images are byte ranges
 inside the tars, so a loader reads exactly the members it decodes; a sample's caption id comes
 from its key, so indexing reads no member at all when the shard has its .idx.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import os
@@ -16,10 +18,10 @@ import re
 import tarfile
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable, Sequence
 
 from stablerep_fast import shards as fmt
+from stablerep_fast import storage
 from stablerep_fast.errors import DataError
 
 log = logging.getLogger("stablerep_fast.data")
@@ -33,13 +35,13 @@ class ShardError(DataError):
 class Member:
     """One tar member as a byte range: ``path`` (the tar), data ``offset`` and ``size``, ``name``."""
 
-    path: str
+    path: str  # a path or URL
     offset: int
     size: int
     name: str
 
     def read(self) -> bytes:
-        with open(self.path, "rb") as f:
+        with storage.open_read(self.path) as f:
             f.seek(self.offset)
             return f.read(self.size)
 
@@ -140,10 +142,11 @@ def _tars_by_folder(shards) -> dict[str, list[str]]:
         paths = [os.fspath(p) for p in shards]
     folders: dict[str, list[str]] = defaultdict(list)
     for path in paths:
-        if os.path.isdir(path):
-            folders[path].extend(_finished(sorted(str(p) for p in Path(path).glob(fmt.SHARD_GLOB))))
-        elif os.path.isfile(path) and path.endswith(fmt.TAR_SUFFIX):
-            folders[os.path.dirname(path) or "."].extend(_finished([path]))
+        if storage.isdir(path):
+            names = fnmatch.filter(storage.listdir(path), fmt.SHARD_GLOB)
+            folders[path].extend(_finished(sorted(storage.join(path, name) for name in names)))
+        elif path.endswith(fmt.TAR_SUFFIX) and storage.isfile(path):
+            folders[storage.parent(path)].extend(_finished([path]))
         else:
             raise FileNotFoundError(f"{path}: neither a shard folder nor a {fmt.TAR_SUFFIX} file")
     return folders
@@ -153,7 +156,7 @@ def _finished(tars: Iterable[str]) -> list[str]:
     """Tars whose done marker exists; the others are reported and left out."""
     done = []
     for tar in tars:
-        if os.path.exists(fmt.sibling(tar, fmt.DONE_SUFFIX)):
+        if storage.exists(fmt.sibling(tar, fmt.DONE_SUFFIX)):
             done.append(tar)
         else:
             log.warning("skipping %s: no done marker (generation unfinished?)", tar)
@@ -163,7 +166,7 @@ def _finished(tars: Iterable[str]) -> list[str]:
 def _read_shard(tar: str, config: dict) -> dict[str, dict[str, Member]]:
     """{key: {extension: Member}} from the shard's .idx (or a tar scan without one), checked
     against its done marker (size, and the configuration it was made with: ``config``'s)."""
-    tar_size = os.path.getsize(tar)
+    tar_size = storage.size(tar)
     try:
         done = fmt.read_done(fmt.sibling(tar, fmt.DONE_SUFFIX))
     except (OSError, ValueError) as exc:
@@ -175,7 +178,7 @@ def _read_shard(tar: str, config: dict) -> dict[str, dict[str, Member]]:
         changed = sorted(k for k in config if not isinstance(made_with, dict) or made_with.get(k) != config.get(k))
         raise ShardError(f"{tar} was made with another configuration than its folder's dataset.json ({', '.join(changed)})")
     idx = fmt.sibling(tar, fmt.INDEX_SUFFIX)
-    entries = _read_idx(idx, tar) if os.path.exists(idx) else _scan_tar(tar)
+    entries = _read_idx(idx, tar) if storage.exists(idx) else _scan_tar(tar)
     samples: dict[str, dict[str, Member]] = defaultdict(dict)
     for member in entries:
         if member.offset < 0 or member.size < 0 or member.offset + member.size > tar_size:
@@ -195,14 +198,14 @@ def _read_idx(idx: str, tar: str) -> list[Member]:
 
 
 def _scan_tar(tar: str) -> list[Member]:
-    try:
-        with tarfile.open(tar) as archive:
-            members = [Member(tar, m.offset_data, m.size, m.name) for m in archive if m.isfile()]
-            end = archive.offset
-    except (tarfile.TarError, EOFError) as exc:
-        raise ShardError(f"truncated or unreadable tar {tar}: {exc}") from exc
-    with open(tar, "rb") as f:  # tarfile stops quietly at a cut between members: check the end blocks
-        f.seek(end)
+    with storage.open_read(tar) as f:
+        try:
+            with tarfile.open(fileobj=f) as archive:
+                members = [Member(tar, m.offset_data, m.size, m.name) for m in archive if m.isfile()]
+                end = archive.offset
+        except (tarfile.TarError, EOFError) as exc:
+            raise ShardError(f"truncated or unreadable tar {tar}: {exc}") from exc
+        f.seek(end)  # tarfile stops quietly at a cut between members: check the end blocks
         if f.read(2 * tarfile.BLOCKSIZE) != bytes(2 * tarfile.BLOCKSIZE):
             raise ShardError(f"truncated tar {tar}: no end-of-archive blocks after byte {end}")
     return members

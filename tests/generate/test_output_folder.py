@@ -83,7 +83,7 @@ def test_the_disk_full_line_names_the_shard(captions_file, tmp_path, monkeypatch
     assert err == f"error: No space left on device: {out / 'shard-000000.tar'}; free some space or write elsewhere; re-running resumes"
 
 
-def test_a_second_writer_of_the_same_shard_is_told_in_one_line(captions_file, tmp_path, capsys):
+def test_a_second_static_writer_of_the_same_shard_is_told_in_one_line(captions_file, tmp_path, capsys):
     captions, out = captions_file(5), tmp_path / "data"
     out.mkdir()
     holder = subprocess.Popen(
@@ -94,9 +94,9 @@ def test_a_second_writer_of_the_same_shard_is_told_in_one_line(captions_file, tm
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(LockError, match="another process is writing shard-000000"):
-            generate(_config(captions, out))
+            generate(_config(captions, out, assign="static"))
     finally:
         holder.kill()
         holder.wait()
-    summary = generate(_config(captions, out))  # the holder is gone: the kernel dropped its lock
+    summary = generate(_config(captions, out, assign="static"))  # the holder is gone: the kernel dropped its lock
     assert summary.shards_written == 3 and not (out / "shard-000000.lock").exists()
