@@ -29,7 +29,8 @@ Location = str | os.PathLike
 
 # Protocols whose fsspec backend creates a file atomically only if it is absent (open(..., "xb")):
 # local disks (O_EXCL), memory (one process), S3 (s3fs 2025.7+: If-None-Match on put and on
-# multipart completion), GCS (gcsfs: ifGenerationMatch=0), Azure (adlfs 2024.12+). Other stores
+# multipart completion), GCS (gcsfs: ifGenerationMatch=0), Azure (adlfs 2024.12+); the object
+# stores' backends are not installed or tested here. Other stores
 # fall back to check-then-write, which two ranks can both pass: use the static split there.
 CLAIM_SAFE_PROTOCOLS = frozenset({"file", "local", "memory", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
 
