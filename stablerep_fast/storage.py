@@ -20,7 +20,7 @@ import re
 import time
 import uuid
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from stablerep_fast.atomic import TEMP_SUFFIX, AtomicFile, atomic_write
 from stablerep_fast.errors import ConfigError
@@ -85,33 +85,29 @@ def check_claims_safe(location: Location) -> None:
 
 
 # Reading.
-def exists(location: Location) -> bool:
+def _ask(location: Location, method: str, local: Callable):
+    """``fs.<method>(path)`` for a URL, ``local(location)`` for a path."""
     if is_url(location):
         fs, path = _fs(location)
-        return fs.exists(path)
-    return os.path.exists(location)
+        return getattr(fs, method)(path)
+    return local(location)
+
+
+def exists(location: Location) -> bool:
+    return _ask(location, "exists", os.path.exists)
 
 
 def isdir(location: Location) -> bool:
-    if is_url(location):
-        fs, path = _fs(location)
-        return fs.isdir(path)
-    return os.path.isdir(location)
+    return _ask(location, "isdir", os.path.isdir)
 
 
 def isfile(location: Location) -> bool:
-    if is_url(location):
-        fs, path = _fs(location)
-        return fs.isfile(path)
-    return os.path.isfile(location)
+    return _ask(location, "isfile", os.path.isfile)
 
 
 def size(location: Location) -> int:
     """The size in bytes; FileNotFoundError when absent."""
-    if is_url(location):
-        fs, path = _fs(location)
-        return int(fs.size(path))
-    return os.path.getsize(location)
+    return int(_ask(location, "size", os.path.getsize))
 
 
 def modified(location: Location) -> float:
@@ -126,10 +122,7 @@ def modified(location: Location) -> float:
 
 
 def read_bytes(location: Location) -> bytes:
-    if is_url(location):
-        fs, path = _fs(location)
-        return fs.cat_file(path)
-    return Path(location).read_bytes()
+    return _ask(location, "cat_file", lambda path: Path(path).read_bytes())
 
 
 def read_many(locations: list[str]) -> dict[str, bytes | Exception]:
@@ -153,10 +146,7 @@ def read_many(locations: list[str]) -> dict[str, bytes | Exception]:
 
 def open_read(location: Location) -> BinaryIO:
     """A binary file object for reading (seek + read: byte ranges of a tar)."""
-    if is_url(location):
-        fs, path = _fs(location)
-        return fs.open(path, "rb")
-    return open(location, "rb")
+    return _ask(location, "open", lambda path: open(path, "rb"))
 
 
 def list_files(folder: Location) -> dict[str, tuple[int, float | None]]:

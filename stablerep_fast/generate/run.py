@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -143,9 +144,11 @@ def _generate_shard(
     record: dict,
     holder: str | None = None,
     still_ours: Callable[[], bool] | None = None,
+    lost: threading.Event | None = None,
 ) -> None:
-    """Generate one shard, B captions per call, and commit it (see shard_writer.py); ``still_ours``
-    is asked before publishing (a dynamic claim not taken over)."""
+    """Generate one shard, B captions per call, and commit it (see shard_writer.py). Dynamic claims:
+    ``lost`` (set by the heartbeat) stops the shard between batches, ``still_ours`` is asked
+    before publishing."""
     out = config.out
     clear_shard(out, shard)
     writer = ShardWriter(out, shard, image_format=config.image_format, quality=config.quality, rank=rank,
@@ -156,6 +159,8 @@ def _generate_shard(
     pending: deque[Future] = deque()
     try:
         for start in range(indices.start, indices.stop, config.batch_size):
+            if lost is not None and lost.is_set():
+                raise ClaimLost(f"{writer.path}: the claim on this shard was taken over; stopped")
             batch = list(range(start, min(start + config.batch_size, indices.stop)))
             prompts = [texts[i] for i in batch]
             noise = initial_noise(
@@ -206,8 +211,7 @@ def generate(config: GenerateConfig) -> GenerateSummary:
     config.validate()
     world_size, rank, local_rank = resolve_farm(config.world_size, config.rank)
     out = config.out if storage.is_url(config.out) else Path(config.out)
-    if config.assign == "dynamic":
-        storage.check_claims_safe(out)
+    board = ClaimBoard(out, lease=config.lease, rank=rank if world_size > 1 else None) if config.assign == "dynamic" else None
     device = resolve_device(config.device, local_rank)
     dtype = resolve_dtype(config.dtype, device)
 
@@ -264,14 +268,14 @@ def generate(config: GenerateConfig) -> GenerateSummary:
                     if not is_done(out, shard):  # unless another process finished it meanwhile
                         run(shard)
         else:
-            board = ClaimBoard(out, lease=config.lease, rank=rank if world_size > 1 else None)
             for claim in claim_shards(board, todo, lambda s: is_done(out, s)):
                 summary.takeovers += claim.generation > 0
                 if is_done(out, claim.shard):  # finished by the holder it was taken from
                     continue
                 with Heartbeat(board, claim) as beat:
                     try:
-                        run(claim.shard, holder=board.holder, still_ours=lambda: not beat.lost.is_set() and board.holds(claim))
+                        run(claim.shard, holder=board.holder, lost=beat.lost,
+                            still_ours=lambda: not beat.lost.is_set() and board.holds(claim))  # fmt: skip
                     except BaseException as exc:
                         if beat.lost.is_set() or not board.holds(claim):
                             summary.lost += 1

@@ -72,14 +72,14 @@ def test_four_processes_one_killed_one_slow_finish_every_shard_once(reference, t
     captions, one = reference
     out = tmp_path / "farm"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "4"}
-    delays = {0: "1.0", 3: "1.0"}  # seconds per batch: 2 s per shard for ranks 0 and 3, lease 1.5 s
+    delays = {0: "2.0", 3: "1.0"}  # seconds per batch: 4 s per shard for rank 0 (lease 3 s), 2 s for rank 3
     workers = {}
     request.addfinalizer(lambda: [w.kill() or w.wait() for w in workers.values()])
 
     def start(rank: int) -> None:
         workers[rank] = subprocess.Popen(
             [sys.executable, "-m", "stablerep_fast.cli", "generate", "--captions", str(captions), "--out", str(out),
-             "--lease", "1.5", *SMALL_ARGS],
+             "--lease", "3", *SMALL_ARGS],
             env={**env, "RANK": str(rank), BATCH_DELAY_ENV: delays.get(rank, "0")},
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
@@ -196,6 +196,41 @@ def test_a_holder_that_lost_its_claim_publishes_nothing(tmp_path):
     assert (tmp_path / "shard-000000.tar").read_bytes() == tar
     assert json.loads((tmp_path / "shard-000000.done.json").read_text())["holder"] == "a"
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".srf-tmp")]
+
+
+def test_heartbeat_renews_and_notices_a_takeover(tmp_path):
+    board = ClaimBoard(tmp_path, lease=0.2)
+    claim = board.try_claim(3, 0)
+    with Heartbeat(board, claim) as beat:
+        time.sleep(0.3)
+        renewed = json.loads((tmp_path / shards.claim_name(3, 0)).read_text())
+        assert renewed["beats"] >= 1 and renewed["renewed"] > claim.renewed and not beat.lost.is_set()
+        assert ClaimBoard(tmp_path, lease=0.2).try_claim(3, 1) is not None
+        assert beat.lost.wait(1.0)
+
+
+def test_a_rank_whose_claim_is_taken_over_stops_and_takes_the_shard_back_later(reference, tmp_path, monkeypatch):
+    """Shard 0 is taken over while this process generates it: it stops (nothing published), does
+    the other shards, and takes shard 0 back once the new holder's lease runs out."""
+    captions, one = reference
+    out = tmp_path / "out"
+    monkeypatch.setenv(BATCH_DELAY_ENV, "0.15")
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(summary=generate(GenerateConfig(
+        captions=captions, out=out, lease=0.4, **SMALL))))  # fmt: skip
+    worker.start()
+    deadline = time.monotonic() + 30
+    while not (out / shards.claim_name(0, 0)).exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    thief = json.loads(_claim(out, 0, 1, host="elsewhere", lease=0.4))
+    worker.join(timeout=60)
+    summary = result["summary"]
+    assert (summary.shards_written, summary.lost, summary.takeovers) == (12, 1, 1)
+    final = json.loads((out / shards.claim_name(0, 2)).read_text())
+    done = json.loads((out / (shards.shard_stem(0) + shards.DONE_SUFFIX)).read_text())
+    assert done["holder"] == final["holder"] != thief["holder"]
+    assert _local(out) == _local(one)
 
 
 @pytest.mark.parametrize("kind", ["local", "file"])
