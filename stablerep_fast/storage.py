@@ -125,6 +125,16 @@ def read_bytes(location: Location) -> bytes:
     return _ask(location, "cat_file", lambda path: Path(path).read_bytes())
 
 
+def read_range(location: Location, start: int, length: int) -> bytes:
+    """``length`` bytes from ``start`` (a tar member: one ranged GET on an object store)."""
+    if is_url(location):
+        fs, path = _fs(location)
+        return fs.cat_file(path, start=start, end=start + length)
+    with open(location, "rb") as f:
+        f.seek(start)
+        return f.read(length)
+
+
 def read_many(locations: list[str]) -> dict[str, bytes | Exception]:
     """The bytes of each location, or the exception reading it raised (concurrent requests on
     object stores); for status views that read many small files."""

@@ -41,9 +41,7 @@ class Member:
     name: str
 
     def read(self) -> bytes:
-        with storage.open_read(self.path) as f:
-            f.seek(self.offset)
-            return f.read(self.size)
+        return storage.read_range(self.path, self.offset, self.size)
 
 
 @dataclass

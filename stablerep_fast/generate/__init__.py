@@ -2,7 +2,9 @@
 
 Public API:
 
-    generate(config) -> GenerateSummary     this rank's shards of config.out (resumable)
+    generate(config) -> GenerateSummary     the shards of config.out (a folder or URL): claimed
+                                            dynamically, or this rank's (static); resumable
+    farm_status(folder) -> FarmStatus       shards done/claimed/left, images/s per host, ETA
     GenerateConfig, GenerateError           the settings (config.model: any Generator); the one-line error
     Generator, GenerationOutput             the protocol every generator satisfies, and its output
     load_generator                          "shapes", a diffusers folder (any family) or "pkg.module:Class"
@@ -22,6 +24,7 @@ from stablerep_fast.generate.captions import Captions, read_captions
 from stablerep_fast.generate.config import GenerateConfig, GenerateError
 from stablerep_fast.generate.diffusers_pipeline import DiffusersGenerator
 from stablerep_fast.generate.families import FAMILIES
+from stablerep_fast.generate.farm_status import FarmStatus, farm_status
 from stablerep_fast.generate.generator import GenerationOutput, Generator, load_generator, to_uint8_images
 from stablerep_fast.generate.pipeline import StableRepPipeline
 from stablerep_fast.generate.run import GenerateSummary, generate
@@ -31,12 +34,14 @@ __all__ = [
     "Captions",
     "DiffusersGenerator",
     "FAMILIES",
+    "FarmStatus",
     "GenerateConfig",
     "GenerateError",
     "GenerateSummary",
     "GenerationOutput",
     "Generator",
     "StableRepPipeline",
+    "farm_status",
     "generate",
     "initial_noise",
     "load_generator",

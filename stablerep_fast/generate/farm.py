@@ -1,8 +1,9 @@
-"""Splitting the work over a farm: world size, rank and device from torchrun or Slurm.
+"""Where a process stands in a farm: world size, rank and device from torchrun or Slurm.
 
-Shard s belongs to rank s % world_size. Ranks share nothing but the output folder, so one
-command launched on many GPUs and nodes (``torchrun --nproc-per-node 8 ...`` or ``srun ...``)
-splits the work, and any rank can be killed and restarted on its own.
+With ``--assign static`` shard s belongs to rank s % world_size (``shards_for_rank``); with
+the default dynamic split ranks claim shards (``claims.py``) and the rank only says where in the
+shard list a rank starts. Ranks share nothing but the output folder, so one command launched on
+many GPUs and nodes (``torchrun --nproc-per-node 8 ...`` or ``srun ...``) splits the work.
 """
 
 from __future__ import annotations
