@@ -112,10 +112,10 @@ def _add_generate(subparsers) -> None:
     p.add_argument("--world-size", type=int, default=None, help="default: WORLD_SIZE or SLURM_NTASKS, else 1")
     p.add_argument("--rank", type=int, default=None, help="default: RANK or SLURM_PROCID, else 0")
     p.add_argument("--assign", choices=ASSIGN_CHOICES, default=d.assign,
-                   help="dynamic: every process claims the next free shard and takes over claims whose lease ran out "
-                        "(any number of processes on one folder); static: rank r writes shards s %% world size == r")  # fmt: skip
+                   help="dynamic (default): every process claims the next free shard and takes over claims whose lease "
+                        "ran out (any number of processes on one folder); static: rank r writes shards s %% world size == r")  # fmt: skip
     p.add_argument("--lease", type=float, default=d.lease, metavar="SECONDS",
-                   help="dynamic: a claim not renewed for this long is taken over")  # fmt: skip
+                   help=f"dynamic: a claim not renewed for this long is taken over (default {d.lease:g})")  # fmt: skip
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default=d.dtype, help="auto: float16 on GPU, float32 on CPU")
     p.add_argument("--backend", choices=BACKEND_CHOICES, default=d.backend, help="auto: tensorrt, else compile on GPU, else eager")
