@@ -12,7 +12,8 @@ backend's ``prepare`` instead, which speeds up the pipeline's modules in place.
 - ``compile``: eager's modules under ``torch.compile`` with static shapes; on GPU the UNet
   step replays as a CUDA graph (mode "reduce-overhead"); inductor's artefacts are cached
   under ``<cache>/inductor`` between runs. A smaller last batch is padded to the static one.
-- ``tensorrt``: fp16 TensorRT engines, cached on disk (``tensorrt/``).
+- ``tensorrt``: fp16 TensorRT engines, cached on disk (``tensorrt/``); for SDXL (run through
+  diffusers' ``__call__``) the UNet only.
 - ``auto``: tensorrt if it imports, a GPU is present and the model's family is one TensorRT
   covers (else a note, and compile), else compile on a GPU, else eager.
 """
@@ -181,6 +182,33 @@ def prepare_compile(pipe, options: BackendOptions = BackendOptions()) -> list[st
     return [*applied, f"compiled {type(denoiser).__name__} and VAE decoder"]
 
 
+class TensorRTForward:
+    """A diffusers UNet's forward (SD 1.x/2.x/XL layouts) run by the TensorRT backend's UNet
+    engines, as the pipeline calls it: SDXL's pooled text and time ids come as added_cond_kwargs."""
+
+    def __init__(self, runner: TensorRTBackend):
+        self.runner = runner
+
+    def __call__(self, sample, timestep, encoder_hidden_states, *, added_cond_kwargs=None, timestep_cond=None,
+                 return_dict: bool = True, **unused):  # fmt: skip
+        if timestep_cond is not None:
+            raise GenerateError("TensorRT engines of a UNet take no timestep_cond (an LCM UNet); use --backend compile")
+        added = {name: added_cond_kwargs[name] for name in ("text_embeds", "time_ids")} if added_cond_kwargs else {}
+        noise = self.runner.unet(sample, timestep, encoder_hidden_states, **added)
+        if not return_dict:
+            return (noise,)
+        from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+        return UNet2DConditionOutput(sample=noise)
+
+
+def prepare_tensorrt(pipe, options: BackendOptions = BackendOptions()) -> list[str]:
+    """The pipeline's UNet forward run by TensorRT engines (built per input shapes, cached as
+    ``tensorrt/`` says); its text encoders and VAE (which SDXL upcasts to float32) stay in torch."""
+    pipe.unet.forward = TensorRTForward(TensorRTBackend(pipe.text_encoder, pipe.unet, pipe.vae, options))
+    return ["unet: TensorRT engines"]
+
+
 @dataclass(frozen=True)
 class Backend:
     name: str
@@ -195,7 +223,7 @@ BACKENDS: dict[str, Backend] = {
     for b in (
         Backend("eager", EagerBackend, "diffusers modules with SDPA, fused QKV and channels_last", prepare_eager),
         Backend("compile", CompileBackend, "torch.compile of the denoiser and VAE decoder (CUDA graphs on GPU)", prepare_compile),
-        Backend("tensorrt", TensorRTBackend, "TensorRT engines"),
+        Backend("tensorrt", TensorRTBackend, "TensorRT engines", prepare_tensorrt),
     )
 }
 

@@ -45,9 +45,19 @@ class DiffusersGenerator:
     """B captions x K given noises -> B x K images through a diffusers pipeline's ``__call__``.
 
     ``pipe``: the loaded pipeline on its device and dtype; ``family``: its defaults; ``backend``:
-    "eager" or "compile" (TensorRT covers only the StableRepPipeline families: one-line error)."""
+    "eager", "compile", or for SDXL "tensorrt" (its UNet; other families: a one-line error);
+    ``weights_files``: the UNet's checkpoint files, which key its TensorRT engines."""
 
-    def __init__(self, pipe, family: Family, *, model_id: str, backend: str = "auto", cache_dir: Path | None = None):
+    def __init__(
+        self,
+        pipe,
+        family: Family,
+        *,
+        model_id: str,
+        backend: str = "auto",
+        cache_dir: Path | None = None,
+        weights_files: dict[str, list[Path]] | None = None,
+    ):
         self.pipe = pipe
         self.family = family
         self.model_id = model_id
@@ -61,7 +71,7 @@ class DiffusersGenerator:
         pipe.set_progress_bar_config(disable=True)
         spec = resolve_backend(backend, self.device, family)
         self.backend = spec.name
-        self.optimisations = spec.prepare(pipe, BackendOptions(cache_dir))
+        self.optimisations = spec.prepare(pipe, BackendOptions(cache_dir, weights_files))
 
     @property
     def scheduler(self):
@@ -96,7 +106,8 @@ class DiffusersGenerator:
             )
         pipe.scheduler = make_scheduler(pipe.scheduler, family, scheduler)
         pipe.to(device)
-        return cls(pipe, family, model_id=str(folder), backend=backend, cache_dir=cache_dir)
+        unet_files = sorted(p for p in (folder / "unet").glob("*") if p.is_file())  # TensorRT engines are keyed on them
+        return cls(pipe, family, model_id=str(folder), backend=backend, cache_dir=cache_dir, weights_files={"unet": unet_files})
 
     def resolution_multiple(self) -> int:
         """Pixels the resolution must be a multiple of: the VAE's factor times the denoiser's

@@ -215,3 +215,14 @@ def test_not_a_text_to_image_folder(tmp_path):
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "DDPMPipeline", "unet": ["diffusers", "UNet2DModel"]}))
     with pytest.raises(GenerateError, match="cannot load another diffusers text-to-image pipeline model"):
         load_generator(folder, **CPU)
+
+
+@pytest.mark.gpu
+def test_sdxl_tensorrt_matches_eager_on_gpu(family_dirs, tmp_path):
+    pytest.importorskip("tensorrt")
+    cuda = dict(device=torch.device("cuda"), dtype=torch.float16)
+    eager = load_generator(family_dirs["sdxl-turbo"], backend="eager", **cuda)
+    engines = load_generator(family_dirs["sdxl-turbo"], backend="tensorrt", cache_dir=tmp_path, **cuda)
+    assert engines.backend == "tensorrt"
+    diff = np.abs(_images(eager, CAPTIONS, [0, 1]).astype(np.int16) - _images(engines, CAPTIONS, [0, 1]))
+    assert diff.max() <= 3  # fp16 kernels of another library, then rounding to 8 bits

@@ -4,6 +4,7 @@ flags), engines selected and built per input shape, the engine-cache key from ch
 and the inductor cache folder. Engine build and run themselves are tested on a GPU
 (test_backends.py)."""
 
+import functools
 import json
 import os
 import sys
@@ -345,3 +346,41 @@ def test_engine_cache_sets_inductor_folder_even_after_inductor_chose_its_default
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "users"))
     assert configure_compile_cache(None) == tmp_path / "users"  # a folder the user chose is kept
     assert configure_compile_cache(tmp_path / "flag") == tmp_path / "flag" / "inductor"  # --engine-cache wins
+
+
+# ---------------------------------------------------------------- SDXL: the UNet's added conditions
+
+
+def test_sdxl_unet_exports_with_its_added_conditions(tmp_path):
+    from stablerep_fast.generate.tensorrt.onnx_export import check_onnx, export_onnx, graph_spec, onnx_input_shapes
+    from stablerep_fast.testing import random_pipeline
+
+    unet = random_pipeline("sdxl", tmp_path / "tokenizer").unet.eval()
+    spec = graph_spec("unet", unet, batch=3, latent_side=8, text_len=77)
+    assert spec.batch_inputs == ("sample", "encoder_hidden_states", "text_embeds", "time_ids")
+    path = export_onnx(spec, tmp_path / "unet.onnx")
+    assert onnx_input_shapes(path) == {"sample": (3, 4, 8, 8), "timestep": (1,), "encoder_hidden_states": (3, 77, 64),
+                                       "text_embeds": (3, 32), "time_ids": (3, 6)}  # fmt: skip
+    assert check_onnx(spec, path) < 1e-4  # onnxruntime vs torch in fp32 (as test_backends.ONNX_RTOL)
+
+
+def test_sdxl_pipeline_runs_its_unet_on_engines(cpu_streams, tmp_path, monkeypatch):
+    """diffusers' SDXL __call__ with the UNet forward on (stand-in) engines: every step's UNet
+    call reaches an engine whose inputs include the pooled text and time ids; text encoders and
+    VAE stay in torch."""
+    from stablerep_fast.generate import backends
+    from stablerep_fast.testing import random_pipeline
+
+    monkeypatch.setattr(runner, "gpu_identity", lambda device: ("Stand-in GPU", "9.0"))
+    monkeypatch.setattr(runner, "export_onnx", lambda spec, path: path)  # the stand-in parses nothing
+    monkeypatch.setattr(runner, "cuda_device_of", lambda module: module.device)  # the stand-in's engines run on CPU
+    monkeypatch.setattr(backends, "TensorRTBackend", functools.partial(TensorRTBackend, cuda_graph=False, log=lambda m: None))
+    pipe = random_pipeline("sdxl-turbo", tmp_path / "tokenizer")
+    pipe.set_progress_bar_config(disable=True)
+    assert backends.prepare_tensorrt(pipe, BackendOptions(cache_dir=tmp_path)) == ["unet: TensorRT engines"]
+    pipe(prompt=["a red star"], num_images_per_prompt=2, num_inference_steps=2, guidance_scale=3.0, height=32, width=32,
+         output_type="pt")  # fmt: skip
+    runs = [c[1] for c in cpu_streams.calls if c[0] == "execute"]
+    assert runs == [(4, 4, 16, 16)] * 2  # 2 steps of 2 images x 2 (guidance), latents at 32 / 2 px
+    (key,) = [json.loads(p.read_text())["key"] for p in (tmp_path / "tensorrt").glob("unet-*.json")]
+    assert key["shapes"] == "sample=4x4x16x16;timestep=1;encoder_hidden_states=4x77x64;text_embeds=4x32;time_ids=4x6"

@@ -34,14 +34,33 @@ class TextEncoderGraph(torch.nn.Module):
 
 
 class UNetGraph(torch.nn.Module):
-    """sample [N, C, h, w], timestep float32 [1], encoder_hidden_states [N, L, D] -> noise_pred."""
+    """sample [N, C, h, w], timestep float32 [1], encoder_hidden_states [N, L, D] -> noise_pred;
+    SDXL's UNet also takes text_embeds [N, P] (the pooled text) and time_ids [N, 6] (sizes, crop)."""
 
     def __init__(self, unet: torch.nn.Module):
         super().__init__()
         self.unet = unet
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        text_embeds: torch.Tensor | None = None,
+        time_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        added = None if text_embeds is None else {"text_embeds": text_embeds, "time_ids": time_ids}
+        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added,
+                         return_dict=False)[0]  # fmt: skip
+
+
+def added_conditions(unet: torch.nn.Module) -> dict[str, int]:
+    """SDXL's extra UNet inputs and their widths (name -> P), none for SD 1.x/2.x."""
+    cfg = unet.config
+    if cfg.get("addition_embed_type") != "text_time":
+        return {}
+    time_ids = 6  # original size, crop corner, target size
+    return {"text_embeds": cfg.projection_class_embeddings_input_dim - time_ids * cfg.addition_time_embed_dim, "time_ids": time_ids}
 
 
 class VAEDecoderGraph(torch.nn.Module):
@@ -76,7 +95,7 @@ class GraphSpec:
 def graph_spec(component: str, module: torch.nn.Module, *, batch: int, latent_side: int = 0, text_len: int = 77) -> GraphSpec:
     """The wrapper and example inputs of ``component`` for a static ``batch``.
 
-    module: the CLIP text model, the UNet or the AutoencoderKL, on its device and dtype.
+    module: the CLIP text model, the UNet (SD 1.x/2.x/XL) or the AutoencoderKL, on its device and dtype.
     latent_side: h = w of the latents (UNet, VAE decoder); text_len: tokens per prompt.
     """
     params = next(module.parameters())
@@ -96,8 +115,10 @@ def graph_spec(component: str, module: torch.nn.Module, *, batch: int, latent_si
             "sample": randn(batch, cfg.in_channels, latent_side, latent_side),
             "timestep": torch.tensor([500.0], device=device),
             "encoder_hidden_states": randn(batch, text_len, cfg.cross_attention_dim),
+            **{name: randn(batch, width) for name, width in added_conditions(module).items()},
         }
-        return GraphSpec(component, UNetGraph(module), inputs, ("noise_pred",), ("sample", "encoder_hidden_states"))
+        batched = ("sample", "encoder_hidden_states", *added_conditions(module))
+        return GraphSpec(component, UNetGraph(module), inputs, ("noise_pred",), batched)
     if component == "vae_decoder":
         inputs = {"latent": randn(batch, module.config.latent_channels, latent_side, latent_side)}
         return GraphSpec(component, VAEDecoderGraph(module), inputs, ("images",), ("latent",))

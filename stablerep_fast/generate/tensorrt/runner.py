@@ -379,9 +379,10 @@ class TensorRTBackend:
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self._run("text_encoder", "text_embeddings", input_ids=input_ids)
 
-    def unet(self, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def unet(self, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor, **added: torch.Tensor) -> torch.Tensor:
+        """``added``: SDXL's text_embeds and time_ids (onnx_export.added_conditions)."""
         timestep = torch.as_tensor(timestep, device=self.device).reshape(1)
-        return self._run("unet", "noise_pred", sample=latents, timestep=timestep, encoder_hidden_states=context)
+        return self._run("unet", "noise_pred", sample=latents, timestep=timestep, encoder_hidden_states=context, **added)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self._run("vae_decoder", "images", latent=latents)
