@@ -117,7 +117,7 @@ def _add_generate(subparsers) -> None:
     p.add_argument("--lease", type=float, default=d.lease, metavar="SECONDS",
                    help=f"dynamic: a claim not renewed for this long is taken over (default {d.lease:g})")  # fmt: skip
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--dtype", choices=DTYPE_CHOICES, default=d.dtype, help="auto: float16 on GPU, float32 on CPU")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default=d.dtype, help="auto: float16 on GPU (bfloat16 for SD3, PixArt, FLUX), float32 on CPU")
     p.add_argument("--backend", choices=BACKEND_CHOICES, default=d.backend, help="auto: tensorrt, else compile on GPU, else eager")
     p.add_argument("--engine-cache", type=Path, default=None, metavar="DIR",
                    help="TensorRT engines and torch.compile artefacts (default: $STABLEREP_FAST_CACHE or ~/.cache/stablerep_fast)")  # fmt: skip

@@ -64,7 +64,7 @@ class GenerateConfig:
     ``world_size``/``rank`` None: from torchrun/Slurm env; ``assign``: "dynamic" (ranks claim
     shards, taking over claims whose ``lease`` seconds ran out) or "static" (rank r writes the
     shards s with s % world_size == r); ``device`` None: cuda when available; ``dtype`` "auto":
-    float16 on GPU, float32 on CPU."""
+    float16 on GPU (bfloat16 for the T5 families, ``families.auto_gpu_dtype``), float32 on CPU."""
 
     captions: Path
     out: Path | str

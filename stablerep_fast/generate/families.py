@@ -20,6 +20,8 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
+
 from stablerep_fast.generate.config import GenerateConfig, GenerateError
 
 # The recipe's sampler and guidance (StableRep: SD 1.5, DDIM 50 steps, w = 2).
@@ -174,3 +176,16 @@ def resolve_options(config: GenerateConfig, generator) -> GenerateConfig:
         guidance=guidance if config.guidance is None else config.guidance,
         scheduler=None if scheduler is None else type(scheduler).__name__,
     )
+
+
+# Families whose T5 text encoder overflows in float16 (inf, then NaN images): bfloat16 on GPU.
+BFLOAT16_FAMILIES = ("sd3", "pixart", "flux", "flux-schnell")
+
+
+def auto_gpu_dtype(model) -> torch.dtype:
+    """The GPU dtype of ``--dtype auto`` for ``model``: bfloat16 for a diffusers folder of a
+    BFLOAT16_FAMILIES family, else float16."""
+    folder = Path(model) if isinstance(model, (str, Path)) else None
+    if folder is not None and (folder / "model_index.json").is_file() and detect_family(folder)[0].name in BFLOAT16_FAMILIES:
+        return torch.bfloat16
+    return torch.float16

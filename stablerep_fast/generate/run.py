@@ -25,7 +25,7 @@ from stablerep_fast import storage
 from stablerep_fast.generate.captions import read_captions
 from stablerep_fast.generate.claims import ClaimBoard, ClaimLost, Heartbeat, claim_shards
 from stablerep_fast.generate.config import GenerateConfig, GenerateError
-from stablerep_fast.generate.families import resolve_options
+from stablerep_fast.generate.families import auto_gpu_dtype, resolve_options
 from stablerep_fast.generate.farm import resolve_device, resolve_farm, shards_for_rank
 from stablerep_fast.generate.generator import Generator, load_generator
 from stablerep_fast.generate.seeds import ANCHOR, initial_noise, noise_seed
@@ -70,10 +70,11 @@ class GenerateSummary:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """"auto": float16 on GPU, float32 on CPU."""
+def resolve_dtype(name: str, device: torch.device, model=None) -> torch.dtype:
+    """"auto": float16 on GPU (bfloat16 for a diffusers folder whose family needs it, see
+    families.auto_gpu_dtype), float32 on CPU."""
     if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        return auto_gpu_dtype(model) if device.type == "cuda" else torch.float32
     return getattr(torch, name)
 
 
@@ -213,7 +214,7 @@ def generate(config: GenerateConfig) -> GenerateSummary:
     out = config.out if storage.is_url(config.out) else Path(config.out)
     board = ClaimBoard(out, lease=config.lease, rank=rank if world_size > 1 else None) if config.assign == "dynamic" else None
     device = resolve_device(config.device, local_rank)
-    dtype = resolve_dtype(config.dtype, device)
+    dtype = resolve_dtype(config.dtype, device, config.model)
 
     # 2. Read the captions and load the model, before anything is written.
     captions = read_captions(config.captions, config.caption_column)

@@ -209,6 +209,18 @@ def test_compile_backend_of_a_diffusers_family(family_dirs, monkeypatch, tmp_pat
     np.testing.assert_array_equal(_images(generator, CAPTIONS, [0, 1]), _images(eager, CAPTIONS, [0, 1]))
 
 
+def test_auto_dtype_is_bfloat16_on_gpu_for_the_t5_families(family_dirs):
+    from stablerep_fast.generate.run import resolve_dtype
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert resolve_dtype("auto", cuda, str(family_dirs["flux"])) == torch.bfloat16  # T5 overflows in float16
+    assert resolve_dtype("auto", cuda, family_dirs["sd3"]) == torch.bfloat16
+    assert resolve_dtype("auto", cuda, family_dirs["sdxl"]) == torch.float16
+    assert resolve_dtype("auto", cuda, "shapes") == torch.float16
+    assert resolve_dtype("auto", cpu, family_dirs["flux"]) == torch.float32
+    assert resolve_dtype("float16", cuda, family_dirs["flux"]) == torch.float16  # an explicit dtype wins
+
+
 def test_not_a_text_to_image_folder(tmp_path):
     folder = tmp_path / "weird"
     folder.mkdir()
