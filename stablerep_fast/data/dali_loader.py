@@ -3,8 +3,8 @@ chosen images of each caption through the index, so groups match the torch backe
 decodes with the random-crop ROI and augments. A reader thread reads the next batches' files
 while the consumer trains, and one pipeline serves every pass (reset between epochs). On a GPU
 the decoder is "mixed" (nvJPEG, only the crop window decoded) and every augmentation runs on the
-GPU; the batch reaches torch by DLPack and one device-to-device copy, never through host memory. With ``device="cpu"`` the same
-graph runs CPU-only (``device_id=None``), which is how CI tests it.
+GPU; the batch reaches torch by DLPack and one device-to-device copy, never through host
+memory. With ``device="cpu"`` the same graph runs CPU-only (``device_id=None``), which is how CI tests it.
 
 Python checks each image before feeding it (whole JPEG/PNG, recorded CRC-32; see loader.py), so
 damage on disk never reaches the decoder. An image the decoder still refuses (a shard written
@@ -18,11 +18,9 @@ does not depend on where DALI decodes, so "mixed" (GPU) decoding is handled the 
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import nvidia.dali.fn as fn
@@ -30,6 +28,7 @@ import nvidia.dali.types as types
 import torch
 from nvidia.dali import pipeline_def
 
+from stablerep_fast.data.ahead import run_ahead
 from stablerep_fast.data.augment import MEAN, STD, Augment
 from stablerep_fast.data.index import Member
 from stablerep_fast.data.loader import GroupLoader, SkipCounts, read_batch
@@ -103,58 +102,6 @@ class _Fed:
     members: list[Member]  # empty: no readable caption, nothing fed
 
 
-class _Reader:
-    """A thread that reads the next batches' files (``read(batch)`` -> (encoded images, _Fed))
-    while the consumer trains, at most ``depth`` batches ahead. ``get()`` returns the next item,
-    or None at the end of the batches; the thread's error is raised there (and ``failed`` set)."""
-
-    _END = object()
-
-    def __init__(self, read: Callable[[GroupBatch], tuple[list[np.ndarray], _Fed]], batches: Iterator[GroupBatch], depth: int):
-        self.failed = False
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._work, args=(read, batches), name="dali-reader", daemon=True)
-        self._thread.start()
-
-    def _work(self, read, batches) -> None:
-        try:
-            for batch in batches:
-                if not self._put(read(batch)):
-                    return
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, who raises it
-            self._put(exc)
-            return
-        self._put(self._END)
-
-    def _put(self, item) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def get(self) -> tuple[list[np.ndarray], _Fed] | None:
-        if self._stop.is_set():
-            return None
-        item = self._queue.get()
-        if item is self._END:
-            self._stop.set()
-            return None
-        if isinstance(item, BaseException):
-            self._stop.set()
-            self.failed = True
-            raise item
-        return item
-
-    def close(self) -> None:
-        """Stop reading (the pass ended, possibly early) and wait for the thread."""
-        self._stop.set()
-        self._thread.join()
-
-
 class DaliLoader(GroupLoader):
     """One DALI pipeline for the loader's life: built at the first pass, reset between passes,
     rebuilt only after a decoder failure. A reader thread feeds it, so file reads overlap
@@ -168,7 +115,8 @@ class DaliLoader(GroupLoader):
         self.undecodable: set[Member] = set()  # images DALI's decoder refused, never fed again
         self._unexplained = -2  # the last batch DALI failed on although PIL decodes all its images
         self._pipe = None
-        self._reader: _Reader | None = None
+        self._reader: Iterator[tuple[GroupBatch, list[np.ndarray], _Fed]] | None = None  # this pass's files, read ahead
+        self._reader_failed = False  # reading raised (not DALI's decoder)
         self._pending: deque[_Fed] = deque()  # read and fed to DALI, not yet returned, in order
 
     def _read(self, batch: GroupBatch) -> tuple[list[np.ndarray], _Fed]:
@@ -179,10 +127,15 @@ class DaliLoader(GroupLoader):
         """DALI's external source: the reader's next batch with images (batches with none are
         only queued in ``_pending``); StopIteration ends the pass."""
         while True:
-            item = self._reader.get() if self._reader is not None else None
-            if item is None:
+            if self._reader is None:
                 raise StopIteration
-            images, fed = item
+            try:
+                _, images, fed = next(self._reader)
+            except StopIteration:
+                raise
+            except BaseException:
+                self._reader_failed = True
+                raise
             self._pending.append(fed)
             if images:
                 return images
@@ -217,7 +170,7 @@ class DaliLoader(GroupLoader):
         """Run the pipeline over ``batches``; returns None at their end, or the step to rebuild
         from after a decoder failure (see the module docstring)."""
         pipe = self._pipeline()
-        self._reader = _Reader(self._read, batches, self.prefetch)
+        self._reader, self._reader_failed = run_ahead(batches, self._read, self.prefetch), False
         ended = False  # the source ran dry: the pipeline only needs a reset for the next pass
         try:
             while True:
@@ -228,7 +181,7 @@ class DaliLoader(GroupLoader):
                     yield from self._skipped()  # batches skipped whole at the end
                     return None
                 except RuntimeError as exc:  # DALI's decoder refused an image of the oldest fed batch
-                    if not self._pending or self._reader.failed:
+                    if not self._pending or self._reader_failed:
                         raise
                     self._pipe = None
                     yield from self._skipped()

@@ -27,9 +27,6 @@ Stable Diffusion folder, ``"pkg.module:Class"``) gives an ``OnlineLoader``:
 from __future__ import annotations
 
 import hashlib
-import queue
-import threading
-from contextlib import ExitStack
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
@@ -39,6 +36,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2 as T
 
+from stablerep_fast.data.ahead import run_ahead
 from stablerep_fast.data.augment import Augment
 from stablerep_fast.data.loader import GroupLoader, SkipCounts
 from stablerep_fast.data.sampler import GroupBatch, GroupSampler
@@ -166,7 +164,7 @@ class OnlineLoader(GroupLoader):
     def _run(self, batches: Iterator[GroupBatch]) -> Iterator[tuple[torch.Tensor, torch.Tensor, SkipCounts]]:
         transform = build_transform(self.augment, self.image_size)
         if self.generator_device.type == "cuda" or self.num_workers == 0:
-            for batch, images, labels in generate_ahead(batches, self.make, self.config.prefetch, self.generator_device):
+            for batch, images, labels in run_ahead(batches, self.make, self.config.prefetch, self.generator_device):
                 with torch.random.fork_rng(devices=[]):  # this thread's RNG is the trainer's: leave it as it was
                     images = augment_images(images, transform, batch.seed)
                 yield normalize(images, self.device), labels.to(self.device), SkipCounts()
@@ -174,56 +172,6 @@ class OnlineLoader(GroupLoader):
             workers = in_workers(_Augmented(self.make, transform), batches, self.num_workers, self.device, self.config.prefetch)
             for images, labels in workers:
                 yield normalize(images, self.device), labels.to(self.device, non_blocking=True), SkipCounts()
-
-
-_DONE = object()
-
-
-def generate_ahead(batches: Iterator[GroupBatch], make, depth: int, device: torch.device) -> Iterator[tuple]:
-    """``(batch, *make(batch))`` for each of ``batches``, in order, computed up to ``depth``
-    batches ahead by one background thread; on a CUDA ``device`` the thread runs on its own
-    stream of that device, so its kernels overlap the caller's (``make`` must return CPU
-    tensors, or synchronise its stream before returning). Stopping the iteration stops the
-    thread after its current batch; an exception in ``make`` is raised here."""
-    results: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                results.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            with ExitStack() as scope:
-                if device.type == "cuda":
-                    scope.enter_context(torch.cuda.device(device))
-                    scope.enter_context(torch.cuda.stream(torch.cuda.Stream(device)))
-                for batch in batches:
-                    if not put((batch, *make(batch))):
-                        return
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
-            put(exc)
-            return
-        put(_DONE)
-
-    thread = threading.Thread(target=produce, name="online-generator", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = results.get()
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join()
 
 
 def caption_pool(generator: Generator, config: OnlineConfig, seed: int) -> list[str]:

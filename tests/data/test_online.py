@@ -12,7 +12,8 @@ from plugin_generator import Blobs
 
 from stablerep_fast.data import build_loader
 from stablerep_fast.data.augment import MEAN, STD
-from stablerep_fast.data.online import OnlineConfig, epoch_seed, generate_ahead
+from stablerep_fast.data.ahead import run_ahead as generate_ahead
+from stablerep_fast.data.online import OnlineConfig, epoch_seed
 from stablerep_fast.generate import initial_noise, shapes
 from stablerep_fast.generate.shapes import ShapesPipeline
 
