@@ -8,6 +8,7 @@ high-water mark belongs to the measured operation).
 
 from __future__ import annotations
 
+import gc
 import resource
 import statistics
 import time
@@ -84,13 +85,22 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
         fn()
         torch.cuda.synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    if _reset_peak_rss():
-        before = _status_mb("VmRSS")
+    # Collect garbage first and keep the collector off during the call: a collection inside
+    # fn() would free earlier objects and hide fn's own growth of the resident set.
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        if _reset_peak_rss():
+            before = _status_mb("VmRSS")
+            fn()
+            return max(0.0, _status_mb("VmHWM") - before)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
         fn()
-        return max(0.0, _status_mb("VmHWM") - before)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    fn()
-    return max(0.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0 - before)
+        return max(0.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0 - before)
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 # Dense bf16/fp16 tensor-core rate measured on H100/H200 (docs/method.md), in FLOP/s.
