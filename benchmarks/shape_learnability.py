@@ -17,7 +17,7 @@ from dataclasses import replace
 
 import torch
 
-from stablerep_fast.data.augment import MEAN, STD
+from stablerep_fast.data.torch_loader import normalize
 from stablerep_fast.eval.probe_sets import make_probe_set
 from stablerep_fast.generate import shapes
 from stablerep_fast.train import preset
@@ -28,9 +28,8 @@ from stablerep_fast.train.optim import build_optimizer, build_scheduler
 def labelled_shapes(per_class: int, seed: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``per_class`` normalised images of each shape (every other attribute drawn at random) and their shape ids."""
     probe_set = make_probe_set(per_class, label="shape", seed=seed, resolution=size)
-    mean, std = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
-    images = torch.from_numpy(probe_set.images).permute(0, 3, 1, 2).float() / 255.0
-    return (images - mean) / std, torch.from_numpy(probe_set.labels)
+    images = torch.from_numpy(probe_set.images).permute(0, 3, 1, 2)  # uint8 [N, 3, S, S]
+    return normalize(images, torch.device("cpu")), torch.from_numpy(probe_set.labels)
 
 
 def learn_shape(model: str, steps: int, points: int, seed: int) -> dict:

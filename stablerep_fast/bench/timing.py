@@ -61,6 +61,10 @@ def _status_mb(field: str) -> float:
     raise KeyError(field)
 
 
+def _lifetime_peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
+
+
 def _reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS mark (Linux >= 4.0); False where that is not possible."""
     try:
@@ -92,12 +96,11 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
     gc.disable()
     try:
         if _reset_peak_rss():
-            before = _status_mb("VmRSS")
-            fn()
-            return max(0.0, _status_mb("VmHWM") - before)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+            before, peak = _status_mb("VmRSS"), lambda: _status_mb("VmHWM")
+        else:
+            before, peak = _lifetime_peak_mb(), _lifetime_peak_mb
         fn()
-        return max(0.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0 - before)
+        return max(0.0, peak() - before)
     finally:
         if was_enabled:
             gc.enable()
