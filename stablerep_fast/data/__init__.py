@@ -1,6 +1,6 @@
 """Training data: shards (or a generator, online) -> batches of n captions x m images per caption.
 
-    build_loader      the loader (backends "dali", "torch", "auto"; source=a generator: online)
+    build_loader      the loader (backends "dali", "torch", "memory", "auto"; source=a generator: online)
     OnlineConfig      how online batches are generated (captions, views, generator device)
     open_index        the shard index both backends read through (captions, their images)
     GroupSampler      the n x m-of-K sampler both backends share
@@ -23,7 +23,7 @@ from stablerep_fast.data.augment import AUGMENTS, Augment
 from stablerep_fast.data.index import ShardError, ShardIndex, open_index
 from stablerep_fast.data.loader import GroupLoader, SkipCounts
 from stablerep_fast.data.online import PREFIX, OnlineConfig, OnlineLoader, build_online_loader
-from stablerep_fast.data.sampler import GroupSampler
+from stablerep_fast.data.sampler import GroupSampler, warn_left_out
 from stablerep_fast.errors import ConfigError
 from stablerep_fast.storage import is_url
 
@@ -32,12 +32,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("stablerep_fast.data")
 
-BACKENDS = ("dali", "torch")
+BACKENDS = ("dali", "torch", "memory")
+_NEEDS = {"dali": ("nvidia.dali", "NVIDIA DALI: pip install 'stablerep_fast[dali]'"),
+          "memory": ("kornia", "kornia: pip install 'stablerep_fast[data]'")}  # fmt: skip
 
 
 def available_backends() -> list[str]:
     """The loader backends installed here (the torch one always is)."""
-    return [name for name in BACKENDS if name == "torch" or importlib.util.find_spec("nvidia.dali") is not None]
+    return [name for name in BACKENDS if name not in _NEEDS or importlib.util.find_spec(_NEEDS[name][0]) is not None]
 
 
 def build_loader(
@@ -65,7 +67,9 @@ def build_loader(
     captions_per_batch:  n, captions per batch on this rank
     images_per_caption:  m, images per caption, drawn without replacement from its K
     image_size:          S, the side of the square crops
-    backend:             "dali", "torch", or "auto" (dali on a GPU when installed, else torch)
+    backend:             "dali", "torch", "memory" (every image decoded once into RAM, batches augmented
+                         in this process), or "auto": dali on a GPU when installed; on a CPU memory
+                         when the decoded images fit in data.memory.MEMORY_BUDGET; else torch
     device:              where batches land; None = "cuda" when a GPU is visible, else "cpu"
     seed:                shuffling, choice of the m images, augmentation randomness
     rank, world_size:    ranks get disjoint captions and the same number of batches
@@ -97,17 +101,25 @@ def build_loader(
                                    device=device, seed=seed, rank=rank, world_size=world_size, **options)  # fmt: skip
     requested, backend = backend, _resolve_backend(backend, device)
     index = open_index(shards)
+    if requested == "auto" and device.type == "cpu" and "memory" in available_backends():
+        from stablerep_fast.data.memory import fits_in_memory
+
+        backend = "memory" if fits_in_memory(index) else "torch"
     if backend == "dali" and any(is_url(tar) for tar in index.shards):  # DALI's reader opens local files only
         if requested != "auto":
             raise ConfigError(f"backend 'dali' reads shards from local disks only, not {index.shards[0]}; "
                               "use backend='torch' (or 'auto'), or copy the shards to a local disk")  # fmt: skip
         backend = "torch"
+    if backend == "memory":
+        from stablerep_fast.data.memory import MemoryLoader
+
+        options.pop("num_workers")
+        return MemoryLoader.from_index(index, captions_per_batch, images_per_caption, seed=seed, rank=rank,
+                                       world_size=world_size, device=device, **options)  # fmt: skip
     sampler = GroupSampler(
         index.images_per_caption(), captions_per_batch, images_per_caption, seed=seed, rank=rank, world_size=world_size
     )
-    if len(sampler.eligible) < len(index):
-        left_out = len(index) - len(sampler.eligible)
-        log.warning("%d captions have fewer than %d images and are never sampled", left_out, images_per_caption)
+    warn_left_out(sampler)
     if backend == "dali":
         from stablerep_fast.data.dali_loader import DaliLoader as Loader
     else:
@@ -121,7 +133,7 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {['auto', *BACKENDS]}")
     if backend not in available_backends():
-        raise RuntimeError(f"backend {backend!r} needs NVIDIA DALI: pip install 'stablerep_fast[dali]'")
+        raise RuntimeError(f"backend {backend!r} needs {_NEEDS[backend][1]}")
     return backend
 
 

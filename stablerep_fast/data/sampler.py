@@ -10,10 +10,13 @@ the next one of the same caption. A global ``step`` (batches since epoch 0) is t
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
+
+log = logging.getLogger("stablerep_fast.data")
 
 
 @dataclass(frozen=True)
@@ -73,3 +76,10 @@ class GroupSampler:
         keys += np.arange(keys.shape[1]) >= counts[:, None]  # images a caption lacks sort last
         orders = [row[:count] for row, count in zip(np.argsort(keys, axis=1), counts)]
         return GroupBatch(epoch * len(self) + b, captions, orders, int(rng.integers(2**31)))
+
+
+def warn_left_out(sampler: GroupSampler) -> None:
+    """Log how many captions have fewer than m images (never sampled), if any."""
+    left_out = len(sampler.counts) - len(sampler.eligible)
+    if left_out:
+        log.warning("%d captions have fewer than %d images and are never sampled", left_out, sampler.m)

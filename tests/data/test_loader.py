@@ -10,7 +10,8 @@ from helpers import check_epoch
 from stablerep_fast.data import available_backends, build_loader, open_index
 from stablerep_fast.data.augment import MEAN, STD
 
-BACKENDS = ["torch", pytest.param("dali", marks=pytest.mark.skipif("dali" not in available_backends(), reason="no DALI"))]
+STREAMING = ["torch", pytest.param("dali", marks=pytest.mark.skipif("dali" not in available_backends(), reason="no DALI"))]
+BACKENDS = [*STREAMING, "memory"]  # the memory backend's damage handling: test_memory.py
 N, M, S = 4, 3, 32  # captions per batch, views, crop side
 
 
@@ -90,7 +91,7 @@ def test_torch_workers_give_the_same_batches(shards):
     )
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", STREAMING)
 def test_corrupt_image_is_replaced_and_counted(tmp_path, backend, caplog):
     folder = write_shards(tmp_path / "corrupt", 8)
     member = open_index(folder).captions[3].images[1]
