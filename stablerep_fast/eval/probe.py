@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stablerep_fast.eval.data import check_splits
+from stablerep_fast.eval.splits import check_splits, stratified_split
 
 SGD_LRS = (0.01, 0.03, 0.1, 0.3, 1.0)
 LBFGS_L2 = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
@@ -74,19 +74,6 @@ def knn_accuracy(
     sims, idx = (test @ train.T).topk(min(k, len(train)), dim=1)
     votes = torch.zeros(len(test), classes).scatter_add_(1, labels[idx], (sims / temperature).exp())
     return float((votes.argmax(1) == torch.as_tensor(test_y)).float().mean())
-
-
-def stratified_split(y: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row indices (fit, validation): ``val_fraction`` of each class (at least one) for validation."""
-    g = torch.Generator().manual_seed(seed)
-    fit, val = [], []
-    for c in y.unique():
-        rows = (y == c).nonzero().flatten()
-        rows = rows[torch.randperm(len(rows), generator=g)]
-        cut = max(1, round(val_fraction * len(rows))) if len(rows) > 1 else 0
-        val.append(rows[:cut])
-        fit.append(rows[cut:])
-    return torch.cat(fit), torch.cat(val)
 
 
 def _accuracy(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> float:

@@ -5,7 +5,15 @@ import pytest
 import torch
 
 from stablerep_fast.errors import DataError
-from stablerep_fast.eval import ProbeConfig, evaluate, extract_features, knn_accuracy, linear_probe, load_probe_data
+from stablerep_fast.eval import (
+    ProbeConfig,
+    evaluate,
+    extract_features,
+    knn_accuracy,
+    linear_probe,
+    load_probe_data,
+    probe_checkpoint,
+)
 
 
 def _blobs(n_per_class: int, classes: int = 5, dim: int = 32, noise: float = 1.0, seed: int = 0):
@@ -106,3 +114,19 @@ def test_probe_refuses_labels_that_are_not_class_numbers(labels, message):
     with pytest.raises(DataError, match=message):
         knn_accuracy(x, np.array([0, 1, 2]), x, np.array(labels))
     assert linear_probe(x, np.array([0.0, 1.0, 2.0]), x, np.array([0, 1, 2]), sweep=(1e-2,)).accuracy == 1.0
+
+
+def test_probe_checkpoint_probes_the_backbone_at_its_training_size(tmp_path):
+    """The checkpoint's backbone, at the image size it was trained at, on the probe set its seed draws."""
+    from stablerep_fast.train import build_model, preset, save_checkpoint
+
+    config = preset("tiny", model_kwargs={"img_size": 16, "patch_size": 4, "depth": 1}, image_size=16, head_hidden=32)
+    model = build_model(config).eval()
+    save_checkpoint(tmp_path / "c.pt", {"model": model.state_dict(), "config": config.to_dict(), "step": 0})
+    probe = ProbeConfig(sweep=(1e-3,), knn_k=3, seed=1)
+    expected = evaluate(model.backbone, load_probe_data("shapes:colour", image_size=16, per_class=3, seed=1), probe,
+                        image_size=16)  # fmt: skip
+    assert probe_checkpoint("shapes:colour", tmp_path / "c.pt", probe, per_class=3) == expected
+    x, y = _blobs(20)
+    np.savez(tmp_path / "f.npz", x_train=x[::2], y_train=y[::2], x_test=x[1::2], y_test=y[1::2])
+    assert probe_checkpoint(str(tmp_path / "f.npz")) == evaluate(None, load_probe_data(str(tmp_path / "f.npz")), ProbeConfig())
