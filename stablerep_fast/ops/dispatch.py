@@ -1,6 +1,6 @@
 """Loss backends by name, and the rule ``backend="auto"`` follows.
 
-Each backend module exports one ``multipos_fused.Backend`` record (its two kernels, where it
+Each backend module exports ``backend.Backend`` records (its two kernels, where it
 runs, its limits); this table maps names to those records. "torch" is not a record but a
 rule: the dense reference up to DENSE_MAX_LOGITS logits, the chunked kernels above. "auto"
 takes the first fused backend of AUTO_ORDER that can run the problem, else "torch".
@@ -26,9 +26,8 @@ import warnings
 import torch
 
 from stablerep_fast.ops import self_check
-from stablerep_fast.ops.multipos_cpp import CPP
-from stablerep_fast.ops.multipos_cuda import CUDA
-from stablerep_fast.ops.multipos_fused import Backend
+from stablerep_fast.ops.backend import Backend
+from stablerep_fast.ops.multipos_ext import CPP, CUDA
 from stablerep_fast.ops.multipos_torch import CHUNKED, REFERENCE
 
 # "torch" runs the dense reference up to this many logits (n x M), chunked above: 2048 x 2048

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from stablerep_fast import _ext
+from stablerep_fast.ops.backend import Backend
 from stablerep_fast.ops.dispatch import resolve_backend
 from stablerep_fast.ops.distributed import active_group
-from stablerep_fast.ops.multipos_fused import Backend, multipos_ce
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 PRECISIONS = ("tf32", "ieee")
@@ -60,7 +60,7 @@ def multipos_con_loss(
     scale = 1.0 / _check_temperature(temperature)
     impl, group, (z,), (labels,) = _setup(backend, precision, normalize, process_group,
                                           ("feats", feats, "labels", labels))
-    return multipos_ce(impl, z, z, labels, labels, scale, 0, group, precision)
+    return impl.loss(z, None, labels, None, scale, 0, group, precision)
 
 
 def multipos_clip_loss(
@@ -96,8 +96,8 @@ def multipos_clip_loss(
         backend, precision, normalize, process_group,
         ("image_emb", image_emb, "image_labels", image_labels), ("text_emb", text_emb, "text_labels", text_labels),
     )
-    image_to_text = multipos_ce(impl, v, t, vl, tl, scale, None, group, precision)
-    text_to_image = multipos_ce(impl, t, v, tl, vl, scale, None, group, precision)
+    image_to_text = impl.loss(v, t, vl, tl, scale, None, group, precision)
+    text_to_image = impl.loss(t, v, tl, vl, scale, None, group, precision)
     return 0.5 * (image_to_text + text_to_image)
 
 

@@ -1,9 +1,11 @@
 """The fused multi-positive cross-entropy: one autograd Function over a backend's two kernels.
 
-Every memory-bounded backend (chunked torch, C++, Triton, CUDA) exports one ``Backend``
-record holding the same two kernels; this module does the rest (positive terms, gradient
-bookkeeping, the distributed gathers) once. ``diag`` names the excluded diagonal everywhere:
-column j = i + diag is left out of row i, and None excludes nothing.
+Every memory-bounded backend (chunked torch, C++, Triton, CUDA) exports one
+``ops.backend.Backend`` record holding the same two kernels; ``MultiPosCE`` does the rest
+(positive terms, gradient bookkeeping, the distributed gathers) once. It calls the kernels
+itself: a public loss calls ``MultiPosCE.apply``, whose ``forward`` calls a kernel op, whose
+launcher launches. ``diag`` names the excluded diagonal everywhere: column j = i + diag is
+left out of row i, and None excludes nothing.
 
     lse(a, b, scale, diag, precision) -> [na] in the accumulation dtype (float64 for float64, else float32)
         lse_i = log sum_j exp(s_ij),  s_ij = scale * a_i . b_j,  j = i + diag excluded
@@ -29,52 +31,11 @@ See docs/method.md for the derivation.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.distributed
 
 from stablerep_fast.ops.distributed import gather_rows
-
-# The kernels' signature, written once: the torch op schemas every backend registers under.
-LSE_SCHEMA = "(Tensor a, Tensor b, Tensor scale, int? diag, str precision) -> Tensor"
-WEIGHTED_SUM_SCHEMA = (
-    "(Tensor a, Tensor b, Tensor? u, Tensor? lse_a, Tensor? v, Tensor? lse_b, Tensor scale, int? diag, "
-    "str precision) -> Tensor"
-)
-
-
-def _runs_anywhere(device: torch.device, dtype: torch.dtype) -> str | None:
-    return None
-
-
-@dataclass(frozen=True)
-class Backend:
-    """One loss backend: its two kernels and what it can run (``ops.dispatch`` maps names to these).
-
-    lse, weighted_sum: the kernels (signatures above); both None for a dense backend, whose
-        ``dense`` computes the whole loss with autograd instead.
-    unavailable(device, dtype): None when the backend runs there, else the reason.
-    max_d: the widest features it takes (None: any); "auto" passes it over for wider ones.
-    half_inputs: takes float16/bfloat16 rows as they are (others get them in float32).
-    auto_min_logits: below this many logits (rows x columns) "auto" passes it over.
-    precisions: the float32 product modes its kernels distinguish; others get "ieee".
-    """
-
-    name: str
-    description: str
-    lse: Callable[..., torch.Tensor] | None
-    weighted_sum: Callable[..., torch.Tensor] | None
-    unavailable: Callable[[torch.device, torch.dtype], str | None] = _runs_anywhere
-    max_d: int | None = None
-    half_inputs: bool = False
-    auto_min_logits: int = 0
-    precisions: tuple[str, ...] = ("ieee",)
-    dense: Callable[..., torch.Tensor] | None = None
-
-    def kernel_precision(self, precision: str) -> str:
-        """The precision its kernels are given for the public ``precision``."""
-        return precision if precision in self.precisions else "ieee"
 
 
 def group_ids(row_labels: torch.Tensor, col_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -131,19 +92,44 @@ class Ranks:
         return sum(self.row_sizes[: self.rank])
 
 
-class _FusedMultiPosCE(torch.autograd.Function):
+class MultiPosCE(torch.autograd.Function):
+    """Mean multi-positive cross-entropy of rows against columns on a backend's kernels.
+
+    ``MultiPosCE.apply(backend, rows, cols, row_labels, col_labels, scale, diag, group, precision)``
+    (what ``Backend.loss`` calls): s_ij = scale * rows_i . cols_j, column i + diag left out
+    when diag is not None; P_i = {j : col_labels_j == row_labels_i, j kept}, k_i = |P_i|;
+    l_i = logsumexp_j s_ij - mean_{j in P_i} s_ij if k_i > 0, else 0; the result is mean_i l_i.
+    ``scale`` is a number or a tensor (which may need a gradient). cols = col_labels = None:
+    the columns are the rows themselves, with each row's own column left out (diag must be 0);
+    s is then symmetric and one weighted_sum gives the whole gradient. (Tensors are never passed
+    twice: torch.compile cannot trace that.) ``precision`` is the public one; the kernels get
+    ``backend.kernel_precision(precision)``.
+
+    With a process ``group``, rows and columns are this rank's; the columns of every rank are
+    gathered (features once in the forward; lse and row weights in the backward, O(N) each),
+    nothing flows back through a collective, and each rank computes its own rows' and
+    columns' gradient. ``diag`` is then 0 with cols=None, or None.
+    """
+
     # Buffers are updated in place where possible: at N = 8192, D = 256 every [N, D] float32
     # temporary is 8 MiB of a budget of O(N * D).
     @staticmethod
-    def forward(ctx, rows, cols, all_cols, row_ids, col_ids, bound, scale, diag, backend, precision, ranks):
-        # cols=None: the columns are the rows themselves; all_cols=None: no other rank. (Tensors
-        # are never passed twice: torch.compile cannot trace that.) row_ids are this rank's
-        # rows' caption ids, col_ids those of every rank's columns (None: same as row_ids).
+    def forward(ctx, backend, rows, cols, row_labels, col_labels, scale, diag, group, precision):
         symmetric = cols is None
+        if symmetric and diag != 0:
+            raise ValueError(f"cols=None (the rows themselves) leaves each row's own column out: diag must be 0, "
+                             f"got {diag}")
         cols = rows if symmetric else cols
-        all_cols = cols if all_cols is None else all_cols
-        col_ids = row_ids if col_ids is None else col_ids
         n, acc = rows.shape[0], accumulation_dtype(rows.dtype)
+        all_cols, row_ids, col_ids, bound, diag, ranks = _columns(
+            rows, cols, row_labels, row_labels if symmetric else col_labels, diag, group, symmetric
+        )
+        precision = backend.kernel_precision(precision)
+        if isinstance(scale, torch.Tensor):
+            ctx.scale_like = (scale.dtype, scale.device, scale.shape)  # its gradient goes back as it came
+            scale = scale.to(device=rows.device, dtype=acc)
+        else:
+            scale = torch.tensor(float(scale), dtype=acc, device=rows.device)
         # Static-shape count per caption (bincount's length depends on the data).
         k = torch.zeros(bound, dtype=torch.int64, device=col_ids.device).index_add_(
             0, col_ids, torch.ones_like(col_ids)
@@ -155,7 +141,7 @@ class _FusedMultiPosCE(torch.autograd.Function):
         lse = backend.lse(rows, all_cols, scale, diag, precision)
         has_positive = k > 0
         k_safe = k.clamp(min=1).to(acc)
-        per_row = torch.where(has_positive, lse - scale.to(acc) * positive_dot / k_safe, 0.0)
+        per_row = torch.where(has_positive, lse - scale * positive_dot / k_safe, 0.0)
         ctx.save_for_backward(rows, cols, all_cols, row_ids, col_ids, scale, lse, k_safe, has_positive, positive_dot)
         ctx.bound, ctx.diag, ctx.symmetric, ctx.backend, ctx.precision, ctx.ranks = (
             bound, diag, symmetric, backend, precision, ranks
@@ -174,7 +160,6 @@ class _FusedMultiPosCE(torch.autograd.Function):
         g = torch.where(has_positive, grad_loss.to(acc) * weight, 0.0)
         lse = lse.masked_fill(~has_positive, float("inf"))  # softmax rows of such anchors vanish
         w = g / k_safe
-        scale_acc = scale.to(acc)
         # Every rank's rows' (g, w, lse): the column side of the gradient needs them.
         all_g, all_w, all_lse = g, w, lse
         if ranks is not None:
@@ -183,9 +168,10 @@ class _FusedMultiPosCE(torch.autograd.Function):
 
         def scale_grad(lse_part: torch.Tensor) -> torch.Tensor | None:
             """dL/dscale from the unscaled sum_ij g_i Q_ij a_i . b_j (the positive part added here)."""
-            if not ctx.needs_input_grad[6]:
+            if not ctx.needs_input_grad[5]:
                 return None
-            return (lse_part - (w * positive_dot).sum()).to(scale.dtype).reshape(scale.shape)
+            dtype, device, shape = ctx.scale_like
+            return (lse_part - (w * positive_dot).sum()).to(device, dtype).reshape(shape)
 
         # Positive pairs: rows get -w_i sum_{j in P_i} b_j; columns get -sum_{i: j in P_i} w_i a_i.
         rows_positive_grad = _positive_cols(all_cols, row_ids, col_ids, bound, diag, n).mul_(w[:, None])
@@ -197,12 +183,12 @@ class _FusedMultiPosCE(torch.autograd.Function):
             grad_scale = scale_grad(0.5 * (rows.to(acc) * grad).sum())
             cols_positive_grad = _group_sums(all_cols, col_ids, bound, all_w)[row_ids]
             cols_positive_grad -= w[:, None] * rows
-            grad.sub_(rows_positive_grad).sub_(cols_positive_grad).mul_(scale_acc)
-            return grad.to(rows.dtype), None, None, None, None, None, grad_scale, None, None, None, None
+            grad.sub_(rows_positive_grad).sub_(cols_positive_grad).mul_(scale)
+            return None, grad.to(rows.dtype), None, None, None, grad_scale, None, None, None
 
         grad_rows = backend.weighted_sum(rows, all_cols, g, lse, None, None, scale, diag, precision)
         grad_scale = scale_grad((rows.to(acc) * grad_rows).sum())
-        grad_rows.sub_(rows_positive_grad).mul_(scale_acc)
+        grad_rows.sub_(rows_positive_grad).mul_(scale)
 
         # This rank's columns against every rank's rows.
         all_rows, all_row_ids, row0, col0 = rows, row_ids, 0, 0
@@ -220,85 +206,29 @@ class _FusedMultiPosCE(torch.autograd.Function):
         if diag is not None:
             own = diag - col0
             grad_cols[own : own + n] += w[:, None] * rows
-        grad_cols.mul_(scale_acc)
-        return (grad_rows.to(rows.dtype), grad_cols.to(cols.dtype), None, None, None, None, grad_scale, None, None,
-                None, None)
+        grad_cols.mul_(scale)
+        return None, grad_rows.to(rows.dtype), grad_cols.to(cols.dtype), None, None, grad_scale, None, None, None
 
 
-def multipos_ce(
-    backend: Backend,
-    rows: torch.Tensor,
-    cols: torch.Tensor,
-    row_labels: torch.Tensor,
-    col_labels: torch.Tensor,
-    scale: torch.Tensor | float,
-    diag: int | None,
-    group=None,
-    precision: str = "tf32",
-) -> torch.Tensor:
-    """Mean multi-positive cross-entropy of rows against columns on ``backend``.
+def _columns(rows, cols, row_labels, col_labels, diag, group, symmetric):
+    """Every rank's columns and the caption ids: (all_cols, row_ids, col_ids, bound, diag, ranks).
 
-    s_ij = scale * rows_i . cols_j (column i + diag left out when diag is not None);
-    P_i = {j : col_labels_j == row_labels_i, j kept}, k_i = |P_i|;
-    l_i = logsumexp_j s_ij - mean_{j in P_i} s_ij if k_i > 0, else 0; the result is mean_i l_i.
-    ``scale`` may be a tensor that needs a gradient.
-
-    With a process ``group``, rows and columns are this rank's; the columns of every rank are
-    gathered (features once in the forward; lse and row weights in the backward, O(N) each),
-    nothing flows back through a collective, and each rank computes its own rows' and
-    columns' gradient. ``diag`` is then 0 (rows are this rank's columns) or None.
+    One process: the columns as given, ranks None. With a ``group``: the columns of every rank
+    (gathered without autograd), this rank's rows' ids, every rank's columns' ids, ``diag``
+    shifted to this rank's row offset, and where the rows and columns sit among every rank's.
     """
-    if backend.dense is not None:
-        return backend.dense(rows, cols, row_labels, col_labels, scale, diag, group)
-    acc = accumulation_dtype(rows.dtype)
-    if not isinstance(scale, torch.Tensor):
-        scale = torch.tensor(float(scale), dtype=acc, device=rows.device)
-    scale = scale.to(device=rows.device, dtype=acc)
-    precision = backend.kernel_precision(precision)
-    # One symmetric pass needs s = s^T: the same tensor with its own diagonal left out.
-    symmetric = rows is cols and diag == 0
     if group is None:
         row_ids, col_ids, bound = group_ids(row_labels, col_labels)
-        return _FusedMultiPosCE.apply(
-            rows, None if symmetric else cols, None, row_ids, None if col_ids is row_ids else col_ids, bound, scale,
-            diag, backend, precision, None,
-        )
-    if diag not in (None, 0) or (diag == 0 and rows is not cols):
+        return cols, row_ids, col_ids, bound, diag, None
+    if diag is not None and not symmetric:
         raise ValueError("distributed: the diagonal can only be excluded when rows are this rank's columns")
     all_cols, col_sizes = gather_rows(cols.detach(), group)
     all_col_labels, _ = gather_rows(col_labels, group, col_sizes)
-    if rows is cols:
+    if symmetric:
         row_sizes, all_row_labels = col_sizes, all_col_labels
     else:
         all_row_labels, row_sizes = gather_rows(row_labels, group)
     ranks = Ranks(group, len(col_sizes), row_sizes, col_sizes, torch.distributed.get_rank(group))
     all_row_ids, col_ids, bound = group_ids(all_row_labels, all_col_labels)
     row_ids = all_row_ids[ranks.row_offset : ranks.row_offset + rows.shape[0]]
-    offset = None if diag is None else ranks.row_offset
-    return _FusedMultiPosCE.apply(
-        rows, None if symmetric else cols, all_cols, row_ids, col_ids, bound, scale, offset, backend, precision, ranks
-    )
-
-
-def register_kernels(name: str, lse_impl: Callable, weighted_sum_impl: Callable) -> tuple[Callable, Callable]:
-    """Register ``stablerep_fast::{name}_lse`` and ``{name}_weighted_sum`` as torch custom ops
-    with LSE_SCHEMA / WEIGHTED_SUM_SCHEMA; returns the two ops.
-
-    Fake implementations give torch.compile the output shapes, so a compiled model calling
-    the loss traces through the kernels without a graph break.
-    """
-    lse_op = torch.library.custom_op(f"stablerep_fast::{name}_lse", lse_impl, mutates_args=(), schema=LSE_SCHEMA)
-    weighted_sum_op = torch.library.custom_op(
-        f"stablerep_fast::{name}_weighted_sum", weighted_sum_impl, mutates_args=(), schema=WEIGHTED_SUM_SCHEMA
-    )
-    lse_op.register_fake(_lse_shape)
-    weighted_sum_op.register_fake(_weighted_sum_shape)
-    return lse_op, weighted_sum_op
-
-
-def _lse_shape(a, b, *args):
-    return a.new_empty(a.shape[0], dtype=accumulation_dtype(a.dtype))
-
-
-def _weighted_sum_shape(a, b, *args):
-    return a.new_empty(a.shape, dtype=accumulation_dtype(a.dtype))
+    return all_cols, row_ids, col_ids, bound, None if diag is None else ranks.row_offset, ranks

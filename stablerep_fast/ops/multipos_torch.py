@@ -1,6 +1,6 @@
 """PyTorch backends of the multi-positive cross-entropy: dense (the reference) and chunked.
 
-Both compute ``multipos_fused.multipos_ce``'s loss. ``REFERENCE`` materialises the [n, M]
+Both compute ``multipos_fused.MultiPosCE``'s loss. ``REFERENCE`` materialises the [n, M]
 logits and masks like the StableRep reference implementation and lets autograd
 differentiate them. ``CHUNKED`` implements the two kernels of ``multipos_fused`` with row
 chunks of torch matmuls, so memory is O(chunk * M): only lse [n] is saved, the positive term
@@ -11,19 +11,28 @@ from __future__ import annotations
 
 import torch
 
+from stablerep_fast.ops.backend import Backend
 from stablerep_fast.ops.distributed import gathered_columns_loss
-from stablerep_fast.ops.multipos_fused import Backend, accumulation_dtype
+from stablerep_fast.ops.multipos_fused import accumulation_dtype
 
 # Elements of one [chunk, M] similarity block in the chunked backend: 4M fp32 = 16 MiB.
 CHUNK_ELEMENTS = 1 << 22
 
 
-def dense_multipos_ce(rows, cols, row_labels, col_labels, scale, diag, group=None) -> torch.Tensor:
-    """``multipos_fused.multipos_ce`` with [n, M] masks and logits, differentiated by autograd. With a
-    process ``group`` the columns of every rank are gathered differentiably, as the reference
-    does (see ``distributed.gathered_columns_loss``)."""
+def dense_multipos_ce(rows, cols, row_labels, col_labels, scale, diag, group, precision) -> torch.Tensor:
+    """``Backend.loss`` (see ``multipos_fused.MultiPosCE``) with [n, M] masks and logits,
+    differentiated by autograd; exact, ``precision`` is not used. With a process ``group`` the
+    columns of every rank are gathered differentiably, as the reference does (see
+    ``distributed.gathered_columns_loss``)."""
+    if cols is None:
+        cols, col_labels = rows, row_labels
     if group is not None:
-        return gathered_columns_loss(dense_multipos_ce, rows, cols, row_labels, col_labels, scale, diag, group)
+        return gathered_columns_loss(_dense_loss, rows, cols, row_labels, col_labels, scale, diag, group)
+    return _dense_loss(rows, cols, row_labels, col_labels, scale, diag)
+
+
+def _dense_loss(rows, cols, row_labels, col_labels, scale, diag) -> torch.Tensor:
+    """The loss of this process's rows against ``cols``, with [n, M] logits."""
     n, acc = rows.shape[0], accumulation_dtype(rows.dtype)
     rows, cols = rows.to(acc), cols.to(acc)
     logits = scale * (rows @ cols.T)

@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from stablerep_fast.ops.multipos_fused import LSE_SCHEMA, WEIGHTED_SUM_SCHEMA, Backend, register_kernels
+from stablerep_fast.ops.backend import LSE_SCHEMA, WEIGHTED_SUM_SCHEMA, Backend, register_kernels
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 PRECISIONS = ("tf32", "ieee")

@@ -11,7 +11,6 @@ import stablerep_fast
 from helpers import assert_close
 from stablerep_fast import MultiPosConLoss, MultiPosConLossMM, multipos_clip_loss, multipos_con_loss
 from stablerep_fast.ops import multipos_torch
-from stablerep_fast.ops.multipos_fused import multipos_ce
 
 # float64 in, float64 out: only summation order differs from the row-by-row reference.
 F64 = dict(rtol=1e-10, atol=1e-12)
@@ -202,7 +201,7 @@ def test_chunked_gradcheck(chunk, monkeypatch):
     monkeypatch.setattr(multipos_torch, "CHUNK_ELEMENTS", chunk * 11)  # chunks of `chunk` rows
 
     def f(z):
-        return multipos_ce(multipos_torch.CHUNKED, z, z, labels, labels, 7.0, 0)
+        return multipos_torch.CHUNKED.loss(z, None, labels, None, 7.0, 0, None, "ieee")
 
     assert torch.autograd.gradcheck(f, (z,))
 
@@ -213,7 +212,7 @@ def test_chunked_gradcheck_symmetric_with_learnable_scale(monkeypatch):
     scale = torch.tensor(4.0, dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4, 4, 5, 0])
     monkeypatch.setattr(multipos_torch, "CHUNK_ELEMENTS", 3 * 11)
-    assert torch.autograd.gradcheck(lambda z, s: multipos_ce(multipos_torch.CHUNKED, z, z, labels, labels, s, 0),
+    assert torch.autograd.gradcheck(lambda z, s: multipos_torch.CHUNKED.loss(z, None, labels, None, s, 0, None, "ieee"),
                                     (z, scale))
 
 
@@ -227,7 +226,7 @@ def test_chunked_gradcheck_rows_against_other_columns_with_scale(monkeypatch):
     monkeypatch.setattr(multipos_torch, "CHUNK_ELEMENTS", 3 * 9)  # chunks of 3 rows
 
     def f(rows, cols, scale):
-        return multipos_ce(multipos_torch.CHUNKED, rows, cols, row_labels, col_labels, scale, 3)
+        return multipos_torch.CHUNKED.loss(rows, cols, row_labels, col_labels, scale, 3, None, "ieee")
 
     assert torch.autograd.gradcheck(f, (rows, cols, scale))
 

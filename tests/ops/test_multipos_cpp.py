@@ -12,7 +12,7 @@ import torch
 
 from helpers import assert_close
 from stablerep_fast import multipos_con_loss
-from stablerep_fast.ops.multipos_cpp import CPP
+from stablerep_fast.ops.multipos_ext import CPP
 from stablerep_fast.ops.multipos_torch import CHUNKED
 
 pytestmark = pytest.mark.skipif(

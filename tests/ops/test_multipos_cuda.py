@@ -24,7 +24,7 @@ def test_unavailable_on_cpu_says_why():
 
 @pytest.mark.skipif(not CUDA_BUILT, reason="extension built without CUDA")
 def test_kernels_reject_bad_arguments_before_touching_the_gpu():
-    from stablerep_fast.ops.multipos_cuda import CUDA
+    from stablerep_fast.ops.multipos_ext import CUDA
 
     a = torch.randn(4, 300)
     with pytest.raises(ValueError, match="D <= 256"):
@@ -47,7 +47,7 @@ def _problem(na, nb, d, dtype):
 @pytest.mark.parametrize("na,nb,d", [(1, 1, 1), (63, 65, 17), (130, 257, 130), (300, 1000, 256)])
 @pytest.mark.parametrize("diag", [None, 0, -7])
 def test_kernels_match_float64_torch_kernels(dtype, precision, na, nb, d, diag):
-    from stablerep_fast.ops.multipos_cuda import CUDA
+    from stablerep_fast.ops.multipos_ext import CUDA
 
     a, b = _problem(na, nb, d, dtype)
     scale = torch.tensor(10.0, device="cuda")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import reference
 from helpers import assert_close
 from stablerep_fast import available_backends, multipos_clip_loss, multipos_con_loss
-from stablerep_fast.ops.multipos_fused import Backend, multipos_ce
+from stablerep_fast.ops.backend import Backend
 from stablerep_fast.ops.multipos_torch import CHUNKED, REFERENCE
 
 multipos_triton = pytest.importorskip("stablerep_fast.ops.multipos_triton")
@@ -138,10 +138,10 @@ def test_rows_without_positives():
 @pytest.mark.parametrize("normalize", [True, False])
 def test_small_temperature_with_large_norms_is_finite(normalize):
     # normalize=False with norms ~30 and tau = 0.01 gives logits ~1e5: exp overflows if unstable.
-    # Through multipos_ce for precision="ieee": tf32 would put ~1e5 * 2^-11 into a logit.
+    # Through the Function for precision="ieee": tf32 would put ~1e5 * 2^-11 into a logit.
     feats, labels = _feats(24, 10, 6, scale=1e4 if normalize else 10.0)
     z = F.normalize(feats, dim=1) if normalize else feats
-    loss = multipos_ce(TRITON, z, z, labels, labels, 100.0, 0, precision="ieee")
+    loss = TRITON.loss(z, None, labels, None, 100.0, 0, None, "ieee")
     (grad,) = torch.autograd.grad(loss, feats)
     ref_loss, ref_grad = _reference(feats, labels, 0.01, normalize=normalize)
     assert torch.isfinite(loss) and torch.isfinite(grad).all()
@@ -181,7 +181,7 @@ def _reference_ce(rows, cols, row_labels, col_labels, scale, diag, inputs):
 def test_half_inputs_symmetric_pass(dtype):
     z = _unit_rows(70, 40, dtype)
     labels = (torch.arange(70) // 6).to(DEVICE)
-    loss = multipos_ce(TRITON, z, z, labels, labels, 10.0, 0)
+    loss = TRITON.loss(z, None, labels, None, 10.0, 0, None, "tf32")
     (grad,) = torch.autograd.grad(loss, z)
     ref_loss, (ref_grad,) = _reference_ce(z, z, labels, labels, 10.0, 0, ["rows"])
     assert loss.dtype == torch.float32 and grad.dtype == dtype
@@ -197,7 +197,7 @@ def test_half_inputs_rows_against_other_columns(dtype):
     row_labels = (torch.arange(20) % 7).to(DEVICE)
     col_labels = torch.cat([torch.arange(40) % 9, row_labels.cpu(), torch.arange(15) % 5]).to(DEVICE)
     scale = torch.tensor(12.0, device=DEVICE, requires_grad=True)
-    loss = multipos_ce(TRITON, rows, cols, row_labels, col_labels, scale, 40)
+    loss = TRITON.loss(rows, cols, row_labels, col_labels, scale, 40, None, "tf32")
     grads = torch.autograd.grad(loss, (rows, cols, scale))
     ref_loss, ref_grads = _reference_ce(rows, cols, row_labels, col_labels, scale, 40, ["rows", "cols", "scale"])
     assert_close(loss, ref_loss, **F32_LOSS, name="loss")
@@ -211,7 +211,7 @@ def test_bf16_gradient_keeps_precision_on_clustered_features():
     # leave only the final bf16 rounding of the gradient (measured 0.2%, i.e. 2^-9).
     z = _unit_rows(64, 32, torch.bfloat16, clusters=8, spread=0.1)
     labels = (torch.arange(64) % 8).to(DEVICE)
-    loss = multipos_ce(TRITON, z, z, labels, labels, 10.0, 0)
+    loss = TRITON.loss(z, None, labels, None, 10.0, 0, None, "tf32")
     (grad,) = torch.autograd.grad(loss, z)
     _, (ref_grad,) = _reference_ce(z, z, labels, labels, 10.0, 0, ["rows"])
     err = (grad.cpu().double() - ref_grad).norm() / ref_grad.norm()
@@ -489,7 +489,7 @@ def test_gpu_rounding_meets_the_stated_tolerances(n, tau, mode):
     z, labels = _caption_batch(n, 256, half)
     z = z.to(dtype).requires_grad_()
     backend = GpuRoundedKernels(rounding).backend()
-    loss = multipos_ce(backend, z, z, labels, labels, 1.0 / tau, 0, precision=precision)
+    loss = backend.loss(z, None, labels, None, 1.0 / tau, 0, None, precision)
     (grad,) = torch.autograd.grad(loss, z)
     ref_loss, ref_grad = _float64_reference(n, 256, half, tau)
     assert grad.dtype == dtype
@@ -505,12 +505,12 @@ def test_gpu_rounding_meets_the_stated_tolerances(n, tau, mode):
 def test_gpu_dtypes_match_reference(dtype, n, d):
     z = _unit_rows(n, d, dtype)
     labels = (torch.arange(n) // 6).to(DEVICE)
-    loss = multipos_ce(TRITON, z, z, labels, labels, 10.0, 0, precision="ieee")
+    loss = TRITON.loss(z, None, labels, None, 10.0, 0, None, "ieee")
     (grad,) = torch.autograd.grad(loss, z)
     # The dense torch backend in float64 on the same rounded inputs (reference.py's row loop
     # is too slow at this N; test_multipos checks the two agree).
     z64 = z.detach().double().requires_grad_()
-    ref_loss = multipos_ce(REFERENCE, z64, z64, labels, labels, 10.0, 0)
+    ref_loss = REFERENCE.loss(z64, None, labels, None, 10.0, 0, None, "ieee")
     (ref_grad,) = torch.autograd.grad(ref_loss, z64)
     assert_close(loss, ref_loss, **F32_LOSS, name="loss")
     _assert_grad(grad, ref_grad, HALF_GRAD_REL.get(dtype, F32_GRAD_REL))
@@ -521,9 +521,9 @@ def test_gpu_dtypes_match_reference(dtype, n, d):
 def test_gpu_large_n_matches_chunked(n):
     z = _unit_rows(n, 256, torch.float32)
     labels = (torch.arange(n) // 6).to(DEVICE)
-    loss = multipos_ce(TRITON, z, z, labels, labels, 10.0, 0, precision="ieee")
+    loss = TRITON.loss(z, None, labels, None, 10.0, 0, None, "ieee")
     (grad,) = torch.autograd.grad(loss, z)
-    ref_loss = multipos_ce(CHUNKED, z, z, labels, labels, 10.0, 0)
+    ref_loss = CHUNKED.loss(z, None, labels, None, 10.0, 0, None, "ieee")
     (ref_grad,) = torch.autograd.grad(ref_loss, z)
     # Sums over up to 65536 columns in float32, in different orders: ~sqrt(N) * 2^-24 each.
     assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5, name="loss")
@@ -535,5 +535,5 @@ def test_gpu_large_n_matches_chunked(n):
 def test_gpu_backward_is_bitwise_deterministic(dtype):
     z = _unit_rows(4099, 256, dtype)
     labels = (torch.arange(4099) // 6).to(DEVICE)
-    grads = [torch.autograd.grad(multipos_ce(TRITON, z, z, labels, labels, 10.0, 0), z)[0] for _ in range(2)]
+    grads = [torch.autograd.grad(TRITON.loss(z, None, labels, None, 10.0, 0, None, "tf32"), z)[0] for _ in range(2)]
     assert torch.equal(grads[0], grads[1])

@@ -12,7 +12,7 @@ import reference
 from helpers import assert_close
 from stablerep_fast import multipos_clip_loss, multipos_con_loss
 from stablerep_fast.ops import dispatch, self_check
-from stablerep_fast.ops.multipos_cpp import CPP
+from stablerep_fast.ops.multipos_ext import CPP
 
 pytestmark = pytest.mark.skipif(
     CPP.unavailable(torch.device("cpu"), torch.float32) is not None, reason="the stand-ins wrap the cpp kernels"
