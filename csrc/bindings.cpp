@@ -1,4 +1,11 @@
 // The only file that includes pybind11: thin wrappers that take pointers, sizes and dtypes.
+//
+// Each kernel entry is two C++ calls from its kernel: the entry calls the kernel's host
+// function, which checks its arguments and then launches (CUDA) or calls (CPU) the kernel.
+//   CPU:  entry -> cpu_kernels().multipos_lse / .multipos_weighted_sum / .all_finite (the
+//         copy for this CPU's instruction set, multipos_cpu.cpp / finite.cpp) -> kernel template
+//   CUDA: entry -> multipos_cuda (multipos_cuda.cu) -> kernel<<<...>>>
+// tests/ops/test_call_depth.py reads these sources and checks that the chains stay this short.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -7,7 +14,6 @@
 
 #include "common.h"
 #include "cpu_variants.h"
-#include "finite/finite.h"
 #include "multipos/multipos.h"
 #if defined(SRF_WITH_CUDA)
 #include "cuda_info.h"
@@ -76,7 +82,7 @@ PYBIND11_MODULE(_C, m) {
       [](std::uintptr_t data, std::int64_t numel, srf::DType dtype) {
         const void* ptr = reinterpret_cast<const void*>(data);
         py::gil_scoped_release release;
-        return srf::all_finite_cpu(ptr, numel, dtype);
+        return srf::cpu_kernels().all_finite(ptr, numel, dtype);
       },
       py::arg("data_ptr"), py::arg("numel"), py::arg("dtype"),
       "True when no element of a contiguous host buffer is NaN or inf.");
@@ -90,7 +96,7 @@ PYBIND11_MODULE(_C, m) {
          double scale, std::optional<std::int64_t> diag, std::uintptr_t lse_out) {
         srf::MultiposProblem p = problem(a, b, na, nb, d, scale, diag);
         py::gil_scoped_release release;
-        srf::multipos_lse_cpu(p, dtype, reinterpret_cast<void*>(lse_out));
+        srf::cpu_kernels().multipos_lse(p, dtype, reinterpret_cast<void*>(lse_out));
       },
       py::kw_only(), py::arg("a"), py::arg("b"), py::arg("na"), py::arg("nb"), py::arg("d"), py::arg("dtype"),
       py::arg("scale"), py::arg("diag").none(true), py::arg("lse_out"),
@@ -102,8 +108,8 @@ PYBIND11_MODULE(_C, m) {
          std::uintptr_t lse_b, std::uintptr_t out) {
         srf::MultiposProblem p = problem(a, b, na, nb, d, scale, diag);
         py::gil_scoped_release release;
-        srf::multipos_weighted_sum_cpu(p, dtype, ptr<void>(u), ptr<void>(lse_a), ptr<void>(v), ptr<void>(lse_b),
-                                       reinterpret_cast<void*>(out));
+        srf::cpu_kernels().multipos_weighted_sum(p, dtype, ptr<void>(u), ptr<void>(lse_a), ptr<void>(v),
+                                                 ptr<void>(lse_b), reinterpret_cast<void*>(out));
       },
       py::kw_only(), py::arg("a"), py::arg("b"), py::arg("na"), py::arg("nb"), py::arg("d"), py::arg("dtype"),
       py::arg("scale"), py::arg("diag").none(true), py::arg("u"), py::arg("lse_a"), py::arg("v"), py::arg("lse_b"),
@@ -120,8 +126,8 @@ PYBIND11_MODULE(_C, m) {
          std::uintptr_t stream) {
         srf::MultiposProblem p = problem(a, b, na, nb, d, 0.0, diag);
         py::gil_scoped_release release;
-        srf::multipos_lse_cuda(p, ptr<float>(scale), dtype, exact, reinterpret_cast<void*>(lse_out), device,
-                               reinterpret_cast<void*>(stream));
+        srf::multipos_cuda(srf::MultiposKernel::Lse, p, ptr<float>(scale), dtype, exact, srf::MultiposTerms{},
+                           reinterpret_cast<void*>(lse_out), device, reinterpret_cast<void*>(stream));
       },
       py::kw_only(), py::arg("a"), py::arg("b"), py::arg("na"), py::arg("nb"), py::arg("d"), py::arg("dtype"),
       py::arg("scale"), py::arg("diag").none(true), py::arg("exact"), py::arg("lse_out"), py::arg("device"),
@@ -132,10 +138,10 @@ PYBIND11_MODULE(_C, m) {
          std::uintptr_t scale, std::optional<std::int64_t> diag, bool exact, std::uintptr_t u, std::uintptr_t lse_a,
          std::uintptr_t v, std::uintptr_t lse_b, std::uintptr_t out, int device, std::uintptr_t stream) {
         srf::MultiposProblem p = problem(a, b, na, nb, d, 0.0, diag);
+        const srf::MultiposTerms terms{ptr<void>(u), ptr<void>(lse_a), ptr<void>(v), ptr<void>(lse_b)};
         py::gil_scoped_release release;
-        srf::multipos_weighted_sum_cuda(p, ptr<float>(scale), dtype, exact, ptr<void>(u), ptr<void>(lse_a), ptr<void>(v),
-                                        ptr<void>(lse_b), reinterpret_cast<void*>(out), device,
-                                        reinterpret_cast<void*>(stream));
+        srf::multipos_cuda(srf::MultiposKernel::WeightedSum, p, ptr<float>(scale), dtype, exact, terms,
+                           reinterpret_cast<void*>(out), device, reinterpret_cast<void*>(stream));
       },
       py::kw_only(), py::arg("a"), py::arg("b"), py::arg("na"), py::arg("nb"), py::arg("d"), py::arg("dtype"),
       py::arg("scale"), py::arg("diag").none(true), py::arg("exact"), py::arg("u"), py::arg("lse_a"), py::arg("v"),

@@ -37,11 +37,14 @@
 namespace srf {
 namespace SRF_CPU_NS {
 
+// The two kernels of multipos.h on the host: float32 or float64 inputs, results in that dtype.
+// Each checks its arguments, then calls its kernel template for the dtype.
 void multipos_lse_cpu(const MultiposProblem& p, DType dtype, void* lse_out);
 
 void multipos_weighted_sum_cpu(const MultiposProblem& p, DType dtype, const void* u, const void* lse_a,
                                const void* v, const void* lse_b, void* out);
 
+// True when none of the `numel` contiguous elements at `data` is NaN or +-inf (finite/finite.cpp).
 bool all_finite_cpu(const void* data, int64_t numel, DType dtype);
 
 }  // namespace SRF_CPU_NS

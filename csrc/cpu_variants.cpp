@@ -1,12 +1,9 @@
-// The dispatching entry points of the CPU kernels: each call goes to the copy of the kernels
-// compiled for the best instruction set this CPU reports (see cpu_variants.h).
+// The table of the CPU kernels' copies, one per instruction set, and the choice among them
+// (see cpu_variants.h).
 #include "cpu_variants.h"
 
 #include <atomic>
 #include <stdexcept>
-
-#include "finite/finite.h"
-#include "multipos/multipos.h"
 
 #if defined(SRF_CPU_NATIVE)
 #define SRF_CPU_NS cpu_native
@@ -32,14 +29,6 @@
 namespace srf {
 namespace {
 
-struct Variant {
-  const char* name;
-  bool (*supported)();
-  void (*lse)(const MultiposProblem&, DType, void*);
-  void (*weighted_sum)(const MultiposProblem&, DType, const void*, const void*, const void*, const void*, void*);
-  bool (*all_finite)(const void*, int64_t, DType);
-};
-
 bool any_cpu() { return true; }
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -58,10 +47,10 @@ bool has_avx512() {
 #endif
 
 #define SRF_VARIANT(label, ns, check) \
-  Variant { label, check, &ns::multipos_lse_cpu, &ns::multipos_weighted_sum_cpu, &ns::all_finite_cpu }
+  CpuKernels { label, check, &ns::multipos_lse_cpu, &ns::multipos_weighted_sum_cpu, &ns::all_finite_cpu }
 
 // Best first.
-const Variant kVariants[] = {
+const CpuKernels kVariants[] = {
 #if defined(SRF_CPU_NATIVE)
     SRF_VARIANT("native", cpu_native, any_cpu),  // built for the machine that compiled it
 #endif
@@ -76,16 +65,18 @@ const Variant kVariants[] = {
 #endif
 };
 
-const Variant* best_supported() {
-  for (const Variant& v : kVariants)
+const CpuKernels* best_supported() {
+  for (const CpuKernels& v : kVariants)
     if (v.supported()) return &v;
   throw std::runtime_error("stablerep_fast: no CPU kernel variant in this build runs on this CPU");
 }
 
-std::atomic<const Variant*> g_active{nullptr};
+std::atomic<const CpuKernels*> g_active{nullptr};
 
-const Variant& active() {
-  const Variant* v = g_active.load(std::memory_order_acquire);
+}  // namespace
+
+const CpuKernels& cpu_kernels() {
+  const CpuKernels* v = g_active.load(std::memory_order_acquire);
   if (v == nullptr) {
     v = best_supported();
     g_active.store(v, std::memory_order_release);
@@ -93,18 +84,16 @@ const Variant& active() {
   return *v;
 }
 
-}  // namespace
-
-std::string cpu_variant() { return active().name; }
+std::string cpu_variant() { return cpu_kernels().name; }
 
 std::vector<std::pair<std::string, bool>> cpu_variants() {
   std::vector<std::pair<std::string, bool>> out;
-  for (const Variant& v : kVariants) out.emplace_back(v.name, v.supported());
+  for (const CpuKernels& v : kVariants) out.emplace_back(v.name, v.supported());
   return out;
 }
 
 void set_cpu_variant(const std::string& name) {
-  for (const Variant& v : kVariants) {
+  for (const CpuKernels& v : kVariants) {
     if (name != v.name) continue;
     if (!v.supported()) throw std::invalid_argument("CPU variant " + name + " does not run on this CPU");
     g_active.store(&v, std::memory_order_release);
@@ -112,14 +101,5 @@ void set_cpu_variant(const std::string& name) {
   }
   throw std::invalid_argument("CPU variant " + name + " is not in this build");
 }
-
-void multipos_lse_cpu(const MultiposProblem& p, DType dtype, void* lse_out) { active().lse(p, dtype, lse_out); }
-
-void multipos_weighted_sum_cpu(const MultiposProblem& p, DType dtype, const void* u, const void* lse_a,
-                               const void* v, const void* lse_b, void* out) {
-  active().weighted_sum(p, dtype, u, lse_a, v, lse_b, out);
-}
-
-bool all_finite_cpu(const void* data, int64_t numel, DType dtype) { return active().all_finite(data, numel, dtype); }
 
 }  // namespace srf

@@ -1,7 +1,5 @@
 // NaN/inf detection on raw memory: an element is non-finite when all its exponent bits are set.
 // Compiled once per CPU variant, into namespace srf::SRF_CPU_NS (see cpu_kernels.h).
-#include "finite/finite.h"
-
 #include <cstring>
 
 #include "cpu_kernels.h"

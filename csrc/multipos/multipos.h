@@ -5,8 +5,9 @@
 //
 // The pair (i, i + diag) is excluded when has_diag. a is [na, d], b is [nb, d], both
 // row-major and contiguous; u/lse_a/v/lse_b may be null (that term is absent); lse entries
-// are finite or +inf (+inf makes the term vanish). The CPU versions take float or double and
-// write results in that precision. Nothing [na, nb] is ever allocated.
+// are finite or +inf (+inf makes the term vanish). Nothing [na, nb] is ever allocated.
+// The CPU kernels (float or double, results in that precision) are declared per instruction
+// set in cpu_kernels.h and reached through cpu_variants.h; the CUDA kernels below.
 #pragma once
 
 #include <cstdint>
@@ -24,22 +25,24 @@ struct MultiposProblem {
   int64_t diag;
 };
 
-void multipos_lse_cpu(const MultiposProblem& p, DType dtype, void* lse_out);
-
-void multipos_weighted_sum_cpu(const MultiposProblem& p, DType dtype, const void* u, const void* lse_a,
-                               const void* v, const void* lse_b, void* out);
-
 #if defined(SRF_WITH_CUDA)
-// CUDA versions: a, b, the scale (one float32, read on the device instead of p.scale) and
-// the optional vectors are device pointers on `device`; inputs are float32 (TF32 tensor
-// cores, or exact FMAs when `exact`), float16 or bfloat16; u, lse_a, v, lse_b and the
-// outputs are float32. Launched on `stream` (a cudaStream_t); D <= 256.
-void multipos_lse_cuda(const MultiposProblem& p, const float* scale, DType dtype, bool exact, void* lse_out,
-                       int device, void* stream);
+enum class MultiposKernel { Lse, WeightedSum };
 
-void multipos_weighted_sum_cuda(const MultiposProblem& p, const float* scale, DType dtype, bool exact,
-                                const void* u, const void* lse_a, const void* v, const void* lse_b, void* out,
-                                int device, void* stream);
+// Weighted sum terms on the device (float32); all null for lse.
+struct MultiposTerms {
+  const void* u = nullptr;
+  const void* lse_a = nullptr;
+  const void* v = nullptr;
+  const void* lse_b = nullptr;
+};
+
+// Launches kernel `which` on the GPU: a, b, the scale (one float32, read on the device instead
+// of p.scale), the terms and `out` are device pointers on `device`; inputs are float32 (TF32
+// tensor cores, or exact FMAs when `exact`) or bfloat16; outputs are float32 (lse [na],
+// weighted_sum [na, d]). Launched on `stream` (a cudaStream_t); D <= 256. Checks its arguments
+// and turns CUDA errors into std::runtime_error naming the failing call.
+void multipos_cuda(MultiposKernel which, const MultiposProblem& p, const float* scale, DType dtype, bool exact,
+                   const MultiposTerms& terms, void* out, int device, void* stream);
 #endif
 
 }  // namespace srf

@@ -184,8 +184,19 @@ void lse_impl(const MultiposProblem& p, T* lse_out) {
   }
 }
 
+// One signature for every instantiation, so the entry point picks one by pointer and calls it.
 template <typename T, bool HAS_U, bool HAS_V>
-void weighted_sum_impl(const MultiposProblem& p, const T* u, const T* lse_a, const T* v, const T* lse_b, T* out) {
+void weighted_sum_impl(const MultiposProblem& p, const void* u_in, const void* lse_a_in, const void* v_in,
+                       const void* lse_b_in, void* out_in) {
+  T* out = static_cast<T*>(out_in);
+  if constexpr (!HAS_U && !HAS_V) {
+    std::fill(out, out + p.na * p.d, T(0));
+    return;
+  }
+  const T* u = static_cast<const T*>(u_in);
+  const T* lse_a = static_cast<const T*>(lse_a_in);
+  const T* v = static_cast<const T*>(v_in);
+  const T* lse_b = static_cast<const T*>(lse_b_in);
   const Packed<T> q = pack_inputs<T>(p, true);
   const T scale = static_cast<T>(p.scale);
   // Column terms padded so the inner loops never read past nb (padding weight 0).
@@ -240,16 +251,12 @@ void weighted_sum_impl(const MultiposProblem& p, const T* u, const T* lse_a, con
   }
 }
 
+using WeightedSumKernel = void (*)(const MultiposProblem&, const void*, const void*, const void*, const void*, void*);
+
 template <typename T>
-void weighted_sum_dispatch(const MultiposProblem& p, const void* u, const void* lse_a, const void* v,
-                           const void* lse_b, void* out) {
-  auto U = static_cast<const T*>(u), LA = static_cast<const T*>(lse_a);
-  auto V = static_cast<const T*>(v), LB = static_cast<const T*>(lse_b);
-  auto O = static_cast<T*>(out);
-  if (U && V) return weighted_sum_impl<T, true, true>(p, U, LA, V, LB, O);
-  if (U) return weighted_sum_impl<T, true, false>(p, U, LA, V, LB, O);
-  if (V) return weighted_sum_impl<T, false, true>(p, U, LA, V, LB, O);
-  std::fill(O, O + p.na * p.d, T(0));
+WeightedSumKernel weighted_sum_kernel(bool has_u, bool has_v) {
+  if (has_u) return has_v ? weighted_sum_impl<T, true, true> : weighted_sum_impl<T, true, false>;
+  return has_v ? weighted_sum_impl<T, false, true> : weighted_sum_impl<T, false, false>;
 }
 
 void check_problem(const MultiposProblem& p) {
@@ -276,12 +283,14 @@ void multipos_weighted_sum_cpu(const MultiposProblem& p, DType dtype, const void
   check_arg(out != nullptr || p.na == 0, "multipos_weighted_sum: null output pointer");
   check_arg((u == nullptr) == (lse_a == nullptr), "multipos_weighted_sum: u and lse_a go together");
   check_arg((v == nullptr) == (lse_b == nullptr), "multipos_weighted_sum: v and lse_b go together");
+  WeightedSumKernel kernel = nullptr;
   switch (dtype) {
-    case DType::Float32: return weighted_sum_dispatch<float>(p, u, lse_a, v, lse_b, out);
-    case DType::Float64: return weighted_sum_dispatch<double>(p, u, lse_a, v, lse_b, out);
+    case DType::Float32: kernel = weighted_sum_kernel<float>(u != nullptr, v != nullptr); break;
+    case DType::Float64: kernel = weighted_sum_kernel<double>(u != nullptr, v != nullptr); break;
     default:
       throw std::invalid_argument(std::string("multipos_weighted_sum (cpu): unsupported dtype ") + dtype_name(dtype));
   }
+  kernel(p, u, lse_a, v, lse_b, out);
 }
 
 }  // namespace SRF_CPU_NS

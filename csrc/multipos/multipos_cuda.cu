@@ -19,7 +19,6 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
-#include <type_traits>
 
 #include "multipos/multipos.h"
 
@@ -334,30 +333,20 @@ void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
 }
 
-// Runs `launch` on `device` with the caller's stream; restores the current device; turns
-// launch errors into exceptions naming the kernel.
-template <typename Launch>
-void on_device(int device, const char* name, Launch launch) {
-  int previous = 0;
-  check(cudaGetDevice(&previous), "cudaGetDevice");
-  check(cudaSetDevice(device), "cudaSetDevice");
-  try {
-    launch();
-    check(cudaGetLastError(), name);
-  } catch (...) {
-    cudaSetDevice(previous);
-    throw;
+// Makes `device` current for its scope and puts the previous device back (also when a check throws).
+class DeviceScope {
+ public:
+  explicit DeviceScope(int device) {
+    check(cudaGetDevice(&previous_), "cudaGetDevice");
+    check(cudaSetDevice(device), "cudaSetDevice");
   }
-  check(cudaSetDevice(previous), "cudaSetDevice");
-}
+  ~DeviceScope() { cudaSetDevice(previous_); }
+  DeviceScope(const DeviceScope&) = delete;
+  DeviceScope& operator=(const DeviceScope&) = delete;
 
-template <typename KernelT>
-void launch_kernel(KernelT kernel, const Args& args, size_t smem, cudaStream_t stream) {
-  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
-        "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
-  const unsigned blocks = unsigned((args.na + BM - 1) / BM);
-  if (blocks > 0) kernel<<<blocks, THREADS, smem, stream>>>(args);
-}
+ private:
+  int previous_ = 0;
+};
 
 template <typename T>
 size_t smem_bytes(int d) {
@@ -367,70 +356,66 @@ size_t smem_bytes(int d) {
   return std::max(bytes, size_t(BM) * (dp + 4) * sizeof(float));        // output staging
 }
 
-template <typename T>
-void lse_typed(const Args& args, bool exact, cudaStream_t stream) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (exact) return launch_kernel(lse_kernel<float, true>, args, smem_bytes<float>(args.d), stream);
-  }
-  launch_kernel(lse_kernel<T, false>, args, smem_bytes<T>(args.d), stream);
-}
+// One kernel instantiation and the dynamic shared memory it is launched with.
+struct Launch {
+  void (*kernel)(Args);
+  size_t smem;
+};
 
 template <typename T>
-void weighted_sum_typed(const Args& args, bool exact, cudaStream_t stream) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (exact) return launch_kernel(weighted_sum_exact_kernel, args, smem_bytes<float>(args.d), stream);
-  }
-  const int dp = round_up(args.d, 16);
-  const size_t smem = smem_bytes<T>(args.d);
-  if (dp <= 64) return launch_kernel(weighted_sum_mma_kernel<T, 4>, args, smem, stream);
-  if (dp <= 128) return launch_kernel(weighted_sum_mma_kernel<T, 8>, args, smem, stream);
-  launch_kernel(weighted_sum_mma_kernel<T, 16>, args, smem, stream);
+Launch weighted_sum_mma(int d) {
+  const int dp = round_up(d, 16);
+  const size_t smem = smem_bytes<T>(d);
+  if (dp <= 64) return {weighted_sum_mma_kernel<T, 4>, smem};
+  if (dp <= 128) return {weighted_sum_mma_kernel<T, 8>, smem};
+  return {weighted_sum_mma_kernel<T, 16>, smem};
 }
 
-Args make_args(const MultiposProblem& p, const float* scale, const void* u, const void* lse_a, const void* v,
-               const void* lse_b, void* out) {
-  check_arg(p.na >= 0 && p.nb >= 0 && p.d >= 1, "multipos (cuda): sizes must satisfy na, nb >= 0, d >= 1");
-  check_arg(p.d <= MAX_D, "multipos (cuda): D must be <= " + std::to_string(MAX_D) + ", got " + std::to_string(p.d));
-  check_arg(scale != nullptr, "multipos (cuda): null scale pointer");
-  check_arg((u == nullptr) == (lse_a == nullptr) && (v == nullptr) == (lse_b == nullptr),
-            "multipos (cuda): u/lse_a and v/lse_b go together");
-  return Args{p.a, p.b, p.na, p.nb, int(p.d), scale, p.has_diag, p.diag,
-              static_cast<const float*>(u), static_cast<const float*>(lse_a), static_cast<const float*>(v),
-              static_cast<const float*>(lse_b), static_cast<float*>(out)};
-}
-
-template <typename Fn>
-void by_dtype(DType dtype, Fn fn) {
+// The instantiation of `which` for `dtype` inputs of width d (exact: float32 FMAs, not TF32).
+Launch pick(MultiposKernel which, DType dtype, bool exact, int d) {
+  const bool lse = which == MultiposKernel::Lse;
   switch (dtype) {
-    case DType::Float32: return fn(float{});
-    case DType::BFloat16: return fn(__nv_bfloat16{});
+    case DType::Float32:
+      if (exact) return {lse ? lse_kernel<float, true> : weighted_sum_exact_kernel, smem_bytes<float>(d)};
+      return lse ? Launch{lse_kernel<float, false>, smem_bytes<float>(d)} : weighted_sum_mma<float>(d);
+    case DType::BFloat16:
+      return lse ? Launch{lse_kernel<__nv_bfloat16, false>, smem_bytes<__nv_bfloat16>(d)}
+                 : weighted_sum_mma<__nv_bfloat16>(d);
     default: throw std::invalid_argument(std::string("multipos (cuda): unsupported dtype ") + dtype_name(dtype));
   }
 }
 
-}  // namespace
-
-void multipos_lse_cuda(const MultiposProblem& p, const float* scale, DType dtype, bool exact, void* lse_out,
-                       int device, void* stream) {
-  const Args args = make_args(p, scale, nullptr, nullptr, nullptr, nullptr, lse_out);
-  on_device(device, "multipos_lse kernel launch", [&] {
-    by_dtype(dtype, [&](auto tag) { lse_typed<decltype(tag)>(args, exact, static_cast<cudaStream_t>(stream)); });
-  });
+Args make_args(const MultiposProblem& p, const float* scale, const MultiposTerms& t, void* out) {
+  check_arg(p.na >= 0 && p.nb >= 0 && p.d >= 1, "multipos (cuda): sizes must satisfy na, nb >= 0, d >= 1");
+  check_arg(p.d <= MAX_D, "multipos (cuda): D must be <= " + std::to_string(MAX_D) + ", got " + std::to_string(p.d));
+  check_arg(scale != nullptr, "multipos (cuda): null scale pointer");
+  check_arg((t.u == nullptr) == (t.lse_a == nullptr) && (t.v == nullptr) == (t.lse_b == nullptr),
+            "multipos (cuda): u/lse_a and v/lse_b go together");
+  return Args{p.a, p.b, p.na, p.nb, int(p.d), scale, p.has_diag, p.diag,
+              static_cast<const float*>(t.u), static_cast<const float*>(t.lse_a), static_cast<const float*>(t.v),
+              static_cast<const float*>(t.lse_b), static_cast<float*>(out)};
 }
 
-void multipos_weighted_sum_cuda(const MultiposProblem& p, const float* scale, DType dtype, bool exact,
-                                const void* u, const void* lse_a, const void* v, const void* lse_b, void* out,
-                                int device, void* stream) {
-  const Args args = make_args(p, scale, u, lse_a, v, lse_b, out);
-  on_device(device, "multipos_weighted_sum kernel launch", [&] {
-    if (!u && !v) {
-      check(cudaMemsetAsync(out, 0, size_t(p.na) * p.d * sizeof(float), static_cast<cudaStream_t>(stream)),
-            "cudaMemsetAsync");
-      return;
-    }
-    by_dtype(dtype,
-             [&](auto tag) { weighted_sum_typed<decltype(tag)>(args, exact, static_cast<cudaStream_t>(stream)); });
-  });
+}  // namespace
+
+// The one launch site of the CUDA kernels: bindings.cpp -> multipos_cuda -> kernel<<<...>>>.
+void multipos_cuda(MultiposKernel which, const MultiposProblem& p, const float* scale, DType dtype, bool exact,
+                   const MultiposTerms& terms, void* out, int device, void* stream) {
+  const bool lse = which == MultiposKernel::Lse;
+  check_arg(!lse || (terms.u == nullptr && terms.v == nullptr), "multipos_lse (cuda): takes no weighted-sum terms");
+  const Args args = make_args(p, scale, terms, out);
+  const Launch launch = pick(which, dtype, exact, int(p.d));
+  const auto s = static_cast<cudaStream_t>(stream);
+  const DeviceScope on_device(device);
+  if (!lse && terms.u == nullptr && terms.v == nullptr) {  // no term: the sum is zero
+    check(cudaMemsetAsync(out, 0, size_t(p.na) * p.d * sizeof(float), s), "cudaMemsetAsync");
+    return;
+  }
+  check(cudaFuncSetAttribute(launch.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(launch.smem)),
+        "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
+  const unsigned blocks = unsigned((p.na + BM - 1) / BM);
+  if (blocks > 0) launch.kernel<<<blocks, THREADS, launch.smem, s>>>(args);
+  check(cudaGetLastError(), lse ? "multipos_lse kernel launch" : "multipos_weighted_sum kernel launch");
 }
 
 }  // namespace srf
