@@ -35,6 +35,23 @@ def test_kernels_reject_bad_arguments_before_touching_the_gpu():
         CUDA.lse(a[:, :8], a[:, :8], torch.tensor(1.0), None, "tf32")
 
 
+@pytest.mark.skipif(not CUDA_BUILT, reason="extension built without CUDA")
+def test_extension_checks_before_the_gpu_and_raises_cuda_errors_naming_the_call():
+    # Straight to _C: its own checks run before any CUDA call; without a usable GPU the first
+    # CUDA call fails and comes back as a RuntimeError naming it (not a crash).
+    ext = _ext.extension()
+    args = dict(a=0, b=0, na=5, nb=7, scale=8, diag=None, exact=False, lse_out=0, device=0, stream=0)
+    with pytest.raises(ValueError, match="D must be <= 256, got 300"):
+        ext.multipos_lse_cuda(d=300, dtype=ext.DType.float32, **args)
+    with pytest.raises(ValueError, match="unsupported dtype float16"):
+        ext.multipos_lse_cuda(d=8, dtype=ext.DType.float16, **args)
+    with pytest.raises(ValueError, match="null scale pointer"):
+        ext.multipos_lse_cuda(d=8, dtype=ext.DType.float32, **{**args, "scale": 0})
+    if int(_ext.build_info()["cuda_runtime"]["device_count"]) == 0:
+        with pytest.raises(RuntimeError, match="^cudaGetDevice|^cudaSetDevice"):
+            ext.multipos_lse_cuda(d=8, dtype=ext.DType.float32, **args)
+
+
 def _problem(na, nb, d, dtype):
     a = torch.nn.functional.normalize(torch.randn(na, d, dtype=torch.float64), dim=1)
     b = torch.nn.functional.normalize(torch.randn(nb, d, dtype=torch.float64), dim=1)
