@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from stablerep_fast.eval import load_probe_data
-from stablerep_fast.eval.probe_sets import make_probe_set
+from stablerep_fast.eval.probe_sets import DIGIT_CLASSES, few_shot, make_probe_set, real_digits
 from stablerep_fast.generate import shapes
 
 
@@ -30,3 +30,47 @@ def test_validation_split_holds_out_training_images_only():
     rows = lambda split: {x.tobytes() for x in split.x}  # noqa: E731
     assert rows(val.train) | rows(val.test) == rows(data.train)
     assert not rows(val.train) & rows(val.test) and not rows(val.test) & rows(data.test)
+
+
+def rows(split) -> list[bytes]:
+    return sorted(x.tobytes() for x in split.x)
+
+
+def test_real_digits_split_is_fixed_stratified_and_a_partition_of_the_scans():
+    from sklearn.datasets import load_digits
+
+    scans = load_digits()
+    data = real_digits(8)
+    assert data.class_names == DIGIT_CLASSES
+    assert data.train.x.shape == (1198, 8, 8, 3) and data.train.x.dtype == np.uint8 and data.train.y.dtype == np.int64
+    per_class = np.bincount(scans.target)
+    assert np.bincount(data.test.y).tolist() == [round(n / 3) for n in per_class]  # a third of every class
+    assert (np.bincount(data.train.y) + np.bincount(data.test.y)).tolist() == per_class.tolist()
+    # At 8 px the images are the scans themselves, 0-16 scaled to 0-255, ink bright, grey: every scan exactly once.
+    expected = np.repeat(np.round(scans.images * 255 / 16).astype(np.uint8)[..., None], 3, axis=-1)
+    assert sorted(rows(data.train) + rows(data.test)) == sorted(x.tobytes() for x in expected)
+    label_of = {x.tobytes(): y for x, y in zip(expected, scans.target)}
+    for split in (data.train, data.test):
+        assert all(label_of[x.tobytes()] == y for x, y in zip(split.x, split.y))
+    again = real_digits(8)
+    np.testing.assert_array_equal(again.test.x, data.test.x)
+    larger = real_digits(24)
+    assert larger.test.x.shape == (599, 24, 24, 3)
+    np.testing.assert_array_equal(larger.test.y, data.test.y)  # the same split at every size
+    # Bilinear upsampling keeps the scans' brightness, to within the 1-pixel border it replicates.
+    assert abs(larger.test.x.mean() - data.test.x.mean()) < 0.1 * data.test.x.mean()
+
+
+def test_real_digits_validation_and_few_shot_stay_inside_the_training_split():
+    data = real_digits(8)
+    val = real_digits(8, validation=True, val_fraction=0.25, seed=1)
+    assert sorted(rows(val.train) + rows(val.test)) == rows(data.train) and not set(rows(val.test)) & set(rows(val.train))
+    assert np.bincount(val.test.y).min() >= 29  # a quarter of every class (at least 116 training rows each)
+    shots = few_shot(data, 10, seed=0)
+    assert np.bincount(shots.train.y).tolist() == [10] * 10
+    assert set(rows(shots.train)) <= set(rows(data.train)) and shots.test is data.test
+    assert rows(few_shot(data, 10, seed=0).train) == rows(shots.train)
+    assert rows(few_shot(data, 10, seed=1).train) != rows(shots.train)
+    with pytest.raises(ValueError, match="fewer than 500 shots"):
+        few_shot(data, 500)
+
