@@ -233,10 +233,7 @@ def _run_train(args: argparse.Namespace) -> int:
     config = resolve_config(args.preset, args.config, args.overrides, **{name: getattr(args, name) for name in flags})
     config.validate()
     _import_from_cwd()  # --data generator:my_module:MyGenerator
-    summary = train(config)
-    print(f"step {summary.step}: {summary.images} images in {summary.seconds:.1f} s "
-          f"({summary.images_per_second:.1f} images/s); last loss {summary.losses[-1] if summary.losses else float('nan'):.4f} "
-          f"-> {summary.checkpoint}")  # fmt: skip
+    print(train(config).format())
     return 0
 
 
@@ -261,17 +258,11 @@ def _add_probe(subparsers) -> None:
 
 
 def _run_probe(args: argparse.Namespace) -> int:
-    from stablerep_fast.eval import ProbeConfig, evaluate, load_probe_data
-    from stablerep_fast.train import load_model
+    from stablerep_fast.eval import ProbeConfig, probe_checkpoint
 
     config = ProbeConfig(method=args.method, sweep=tuple(args.sweep) if args.sweep else None, epochs=args.epochs,
                          batch_size=args.batch_size, knn_k=args.knn_k, seed=args.seed, device=args.device)  # fmt: skip
-    encoder, image_size = None, args.image_size
-    if args.checkpoint is not None:
-        model, train_config = load_model(args.checkpoint)
-        encoder, image_size = model.backbone, image_size or train_config.image_size
-    data = load_probe_data(args.data, image_size=image_size or 64, per_class=args.per_class, seed=args.seed)
-    result = evaluate(encoder, data, config, image_size=image_size)
+    result = probe_checkpoint(args.data, args.checkpoint, config, image_size=args.image_size, per_class=args.per_class)
     print(json.dumps(result))
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=1))
@@ -298,25 +289,11 @@ def _add_demo(subparsers) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from stablerep_fast.demo import DemoConfig, run_demo, run_study
 
-    if args.seeds is not None and not args.seeds:
-        print("error: --seeds needs at least one seed, e.g. --seeds 0,1,2", file=sys.stderr)
-        return 2
-    if args.steps is not None and args.steps < 1:
-        print(f"error: --steps must be >= 1, got {args.steps}", file=sys.stderr)
-        return 2
     config = DemoConfig.quick(args.out) if args.quick else DemoConfig(out=args.out)
-    overrides = dict(progress=args.progress, validation=args.validation, online=args.online)
-    if args.seeds:
-        overrides["seeds"] = tuple(args.seeds)
-    if args.captions is not None:
-        overrides["captions"] = args.captions
-    if args.steps is not None:
-        overrides["recipe"] = replace(config.recipe, steps=args.steps, warmup_steps=min(config.recipe.warmup_steps, args.steps))
-    config = replace(config, **overrides)
+    config = config.with_overrides(seeds=args.seeds, steps=args.steps, captions=args.captions, progress=args.progress,
+                                   validation=args.validation, online=args.online)  # fmt: skip
     if args.study:
         run_study(config, args.study)
     else:

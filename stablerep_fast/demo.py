@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from stablerep_fast.data.augment import Augment
+from stablerep_fast.errors import ConfigError
 from stablerep_fast.eval import ProbeConfig, ProbeData, evaluate, load_probe_data
 from stablerep_fast.generate import GenerateConfig, generate, shapes
 from stablerep_fast.train import TrainConfig, build_model, load_model, preset, train
@@ -69,6 +71,12 @@ class DemoConfig:
     online: bool = False  # multi-positive on images generated while training (same captions), not stored shards
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ConfigError("--seeds needs at least one seed, e.g. --seeds 0,1,2")
+        if self.recipe.steps < 1:
+            raise ConfigError(f"--steps must be >= 1, got {self.recipe.steps}")
+
     @classmethod
     def quick(cls, out: Path, **overrides) -> DemoConfig:
         """The CI size: well under a minute on 2 CPU cores."""
@@ -76,6 +84,17 @@ class DemoConfig:
         values = dict(captions=96, images_per_caption=4, recipe=recipe, curve_points=2, probe_per_class=8,
                       probe=ProbeConfig(sweep=(1e-3,)))  # fmt: skip
         return cls(out=out, **{**values, **overrides})
+
+    def with_overrides(self, *, steps: int | None = None, seeds: Sequence[int] | None = None, **fields) -> DemoConfig:
+        """A copy with ``fields`` replaced (None values ignored), ``seeds`` as a tuple and
+        ``steps`` training steps per encoder (warm-up cut to fit); ConfigError for no seeds or
+        fewer than one step."""
+        values = {name: value for name, value in fields.items() if value is not None}
+        if seeds is not None:
+            values["seeds"] = tuple(seeds)
+        if steps is not None:
+            values["recipe"] = replace(self.recipe, steps=steps, warmup_steps=min(self.recipe.warmup_steps, steps))
+        return replace(self, **values)
 
 
 def run_demo(config: DemoConfig) -> dict:

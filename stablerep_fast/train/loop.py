@@ -68,6 +68,12 @@ class TrainSummary:
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
+    def format(self) -> str:
+        """The run in one line, for people: steps, images, speed, last loss, checkpoint."""
+        last = self.losses[-1] if self.losses else float("nan")
+        return (f"step {self.step}: {self.images} images in {self.seconds:.1f} s ({self.images_per_second:.1f} images/s); "
+                f"last loss {last:.4f} -> {self.checkpoint}")  # fmt: skip
+
 
 def train(config: TrainConfig, loader: Loader | None = None) -> TrainSummary:
     """Train ``config`` and return a summary; under torchrun every rank calls this.

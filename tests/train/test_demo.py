@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from stablerep_fast.cli import main
-from stablerep_fast.demo import ENCODERS, _summarise
+from stablerep_fast.demo import ENCODERS, DemoConfig, _summarise
+from stablerep_fast.errors import ConfigError
 
 
 def test_demo_quick_writes_results_and_plot(tmp_path, capsys):
@@ -41,6 +42,19 @@ def test_summary_is_mean_and_sample_std_over_seeds():
     assert summary["multipos"]["probe_acc"] == pytest.approx(expected)
     assert summary["simclr"]["by_label"]["shape"]["knn_acc"] == pytest.approx({k: v / 2 for k, v in expected.items()})
     assert summary["multipos"]["curve"][0]["probe_acc"] == pytest.approx(expected) and "curve" not in summary["random_init"]
+
+
+def test_overrides_cut_the_warm_up_to_the_steps_and_refuse_no_seeds_or_steps(tmp_path):
+    config = DemoConfig(out=tmp_path)
+    short = config.with_overrides(steps=5, seeds=[1, 2], captions=None, online=True)
+    assert (short.recipe.steps, short.recipe.warmup_steps, short.seeds) == (5, 5, (1, 2))
+    assert short.online and short.captions == config.captions and short.recipe.model == config.recipe.model
+    long = config.with_overrides(steps=10 * config.recipe.steps)
+    assert long.recipe.warmup_steps == config.recipe.warmup_steps < long.recipe.steps
+    with pytest.raises(ConfigError, match="--seeds needs at least one seed"):
+        config.with_overrides(seeds=[])
+    with pytest.raises(ConfigError, match="--steps must be >= 1, got 0"):
+        config.with_overrides(steps=0)
 
 
 def test_train_and_probe_commands(tmp_path, capsys):
