@@ -13,7 +13,7 @@ A dataset folder (one sample per caption; a sample's key is its caption id, 9 di
     shard-000000.done.json       written last: {shard, captions, images, bytes, seconds, rank,
                                  dataset: the settings of dataset.json that define the images}
     shard-000000.lock            held (``flock``) by the process writing the shard (static split)
-    shard-000000.claim-0.json    a farm's claim on the shard (dynamic split, ``generate/claims.py``):
+    shard-000000.claim-0.json    a farm's claim on the shard (dynamic split, ``generate/farm/claims.py``):
                                  {holder, host, pid, rank, claimed, renewed, lease, ...}; a takeover
                                  creates claim-1, claim-2, ...; kept after the shard is done
 
@@ -31,6 +31,7 @@ import json
 import os
 import re
 import zlib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from stablerep_fast import storage
@@ -47,6 +48,7 @@ INDEX_SUFFIX = ".idx"
 DONE_SUFFIX = ".done.json"  # {"bytes": tar size, counts, seconds}, written after the tar is complete
 LOCK_SUFFIX = ".lock"  # flock'ed by the shard's writer; never removed while a writer may hold it
 CLAIM_PATTERN = re.compile(rf"{SHARD_PREFIX}(\d{{6,}})\.claim-(\d+)\.json")  # shard, generation
+SHARD_PATTERN = re.compile(rf"{SHARD_PREFIX}(\d{{6,}})(\..+)")  # shard, suffix
 SHARD_SUFFIXES = (TAR_SUFFIX, INDEX_SUFFIX, DONE_SUFFIX)
 SHARD_GLOB = f"{SHARD_PREFIX}*{TAR_SUFFIX}"
 INDEX_VERSION = "v1.2"  # wds2idx: "v1.2 SAMPLES", then per sample "EXT OFFSET SIZE NAME" repeated
@@ -84,6 +86,21 @@ def parse_claim_name(name: str) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
+def parse_shard_name(name: str) -> tuple[int, str] | None:
+    """(shard, suffix) of the name of a shard's tar, .idx, done marker or lock
+    (``shard-000042.done.json`` -> (42, ".done.json")); None for any other name (claims and
+    temporary files included)."""
+    match = SHARD_PATTERN.fullmatch(name)
+    if match is None or match.group(2) not in (*SHARD_SUFFIXES, LOCK_SUFFIX):
+        return None
+    return int(match.group(1)), match.group(2)
+
+
+def listed_shards(listing: Iterable[str], suffix: str) -> list[int]:
+    """The shards that have a file with ``suffix`` among ``listing`` (a folder's file names), sorted."""
+    return sorted(parsed[0] for parsed in map(parse_shard_name, listing) if parsed is not None and parsed[1] == suffix)
+
+
 def sibling(tar: str | os.PathLike, suffix: str) -> str:
     """The file beside ``tar`` of the same shard with ``suffix`` (its .idx or done marker)."""
     tar = os.fspath(tar)
@@ -110,10 +127,7 @@ def is_package_file(name: str) -> bool:
     dataset.json, a shard's tar, .idx, done marker, lock or claim, or a temporary file of one of them."""
     if is_temp(name):
         name = name.rsplit(".", 2)[0]  # NAME.<pid>-<random>.srf-tmp -> NAME
-    if name == DATASET_FILE or parse_claim_name(name) is not None:
-        return True
-    match = re.fullmatch(rf"{SHARD_PREFIX}\d{{6,}}(\..+)", name)
-    return match is not None and match.group(1) in (*SHARD_SUFFIXES, LOCK_SUFFIX)
+    return name == DATASET_FILE or parse_claim_name(name) is not None or parse_shard_name(name) is not None
 
 
 # Samples and members.
@@ -190,19 +204,50 @@ def write_done(folder: Folder, shard: int, record: dict, *, exclusive: bool = Fa
 def read_done(path: str | os.PathLike) -> dict:
     """A done marker's record (``bytes``: the size of its tar); ValueError naming the file when
     it is not one."""
-    record = _read_json(path)
+    return _done_record(_read_json(path), path)
+
+
+def _done_record(record, path: str | os.PathLike) -> dict:
     if not isinstance(record, dict) or not isinstance(record.get("bytes"), int):
         raise ValueError(f"{path}: not a done marker (no byte count)")
     return record
 
 
-def is_done(folder: Folder, shard: int) -> bool:
-    """True when the shard's done marker exists and its tar has the size the marker records."""
+def is_done(folder: Folder, shard: int, listing: Mapping[str, tuple[int, float | None]] | None = None) -> bool:
+    """True when the shard's done marker exists and its tar has the size the marker records.
+    ``listing``: the folder's files when already listed (``storage.list_files``): a shard whose
+    tar or marker is not in it is not done, and the tar's size is read from it."""
+    stem = shard_stem(shard)
+    if listing is not None and not (stem + TAR_SUFFIX in listing and stem + DONE_SUFFIX in listing):
+        return False
     try:
         recorded = read_done(shard_file(folder, shard, DONE_SUFFIX))["bytes"]
-        return storage.size(shard_file(folder, shard, TAR_SUFFIX)) == recorded
+        size = listing[stem + TAR_SUFFIX][0] if listing is not None else storage.size(shard_file(folder, shard, TAR_SUFFIX))
+        return size == recorded
     except (OSError, ValueError, KeyError, TypeError):
         return False
+
+
+def done_shards(folder: Folder, listing: Mapping[str, tuple[int, float | None]] | None = None) -> tuple[dict[int, dict], list[int]]:
+    """({shard: its done marker's record} of every done shard of ``folder``, [shards whose
+    marker cannot be read or whose tar has another size than it records, sorted]). The markers
+    are read concurrently on object stores; ``listing``: the folder's files when already listed."""
+    listing = storage.list_files(folder) if listing is None else listing
+    locations = {shard: storage.join(folder, f"{shard_stem(shard)}{DONE_SUFFIX}") for shard in listed_shards(listing, DONE_SUFFIX)}
+    contents = storage.read_many(list(locations.values()))
+    done, damaged = {}, []
+    for shard, location in locations.items():
+        data = contents.get(location)
+        try:
+            record = _done_record(json.loads(data) if isinstance(data, bytes) else None, location)
+        except ValueError:  # unreadable, not JSON (UnicodeDecodeError included) or not a marker
+            damaged.append(shard)
+            continue
+        if listing.get(shard_stem(shard) + TAR_SUFFIX, (None,))[0] != record["bytes"]:
+            damaged.append(shard)
+        else:
+            done[shard] = record
+    return done, damaged
 
 
 # dataset.json.

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from stablerep_fast import shards
+from stablerep_fast import shards, storage
 from stablerep_fast.atomic import TEMP_SUFFIX, AtomicFile, atomic_write, is_temp
 
 
@@ -53,6 +53,35 @@ def test_done_marker_and_shard_files(tmp_path):
     for path in ours + theirs:
         path.write_bytes(b"")
     assert shards.shard_files(tmp_path, 3) == sorted([tar, tmp_path / "shard-000003.done.json", *ours])
+
+
+def test_shard_names_parse_back():
+    for shard in (0, 42, 10**7):
+        for suffix in (*shards.SHARD_SUFFIXES, shards.LOCK_SUFFIX):
+            assert shards.parse_shard_name(shards.shard_stem(shard) + suffix) == (shard, suffix)
+    others = ["dataset.json", shards.claim_name(3, 1), f"shard-000003.tar.1-ab{TEMP_SUFFIX}", "shard-000003.tar.bak",
+              "shard-3.tar", "shard-000003", "notes.txt"]  # fmt: skip
+    assert [shards.parse_shard_name(name) for name in others] == [None] * len(others)
+    assert shards.listed_shards(["shard-000007.done.json", "shard-000002.done.json", "shard-000005.tar", *others],
+                                shards.DONE_SUFFIX) == [2, 7]  # fmt: skip
+
+
+def test_done_checks_with_a_listing(tmp_path):
+    """With a listing, a shard is done only if both files are listed and the listed tar size is the
+    marker's; done_shards reads every marker once and reports the damaged ones."""
+    for shard, size in ((0, 100), (1, 200), (2, 300)):
+        shards.shard_file(tmp_path, shard, shards.TAR_SUFFIX).write_bytes(b"x" * size)
+    shards.write_done(tmp_path, 0, {"bytes": 100, "images": 4})
+    shards.write_done(tmp_path, 1, {"bytes": 999})  # a tar of another size
+    shards.shard_file(tmp_path, 2, shards.DONE_SUFFIX).write_text("{not json")
+    shards.write_done(tmp_path, 3, {"bytes": 5})  # a marker without its tar
+    listing = storage.list_files(tmp_path)
+    assert [shards.is_done(tmp_path, s, listing) for s in range(4)] == [True, False, False, False]
+    assert [shards.is_done(tmp_path, s) for s in range(4)] == [True, False, False, False]  # the same without one
+    assert not shards.is_done(tmp_path, 0, {k: v for k, v in listing.items() if not k.endswith(shards.DONE_SUFFIX)})
+    assert not shards.is_done(tmp_path, 0, {**listing, "shard-000000.tar": (101, None)})  # the listed size is used
+    done, damaged = shards.done_shards(tmp_path)
+    assert done == {0: {"bytes": 100, "images": 4}} and damaged == [1, 2, 3]
 
 
 def test_read_dataset_names_the_missing_file(tmp_path):
