@@ -84,9 +84,9 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 
 def _add_generate(subparsers) -> None:
-    from stablerep_fast.generate.config import ASSIGN_CHOICES, BACKEND_CHOICES, DTYPE_CHOICES, IMAGE_FORMATS, GenerateConfig
-    from stablerep_fast.generate.families import SCHEDULER_ALIASES
-    from stablerep_fast.generate.seeds import VIEWS
+    from stablerep_fast.generate.farm.config import ASSIGN_CHOICES, BACKEND_CHOICES, DTYPE_CHOICES, IMAGE_FORMATS, GenerateConfig
+    from stablerep_fast.generate.models.families import SCHEDULER_ALIASES
+    from stablerep_fast.generate.farm.seeds import VIEWS
 
     d = GenerateConfig(captions=Path(), out=Path())  # the defaults
     p = subparsers.add_parser("generate", help="captions -> K images per caption -> resumable WebDataset shards")
@@ -173,7 +173,7 @@ def _add_farm_status(subparsers) -> None:
 
 
 def _run_farm_status(args: argparse.Namespace) -> int:
-    from stablerep_fast.generate.farm_status import farm_status, format_status
+    from stablerep_fast.generate.farm.status import farm_status, format_status
 
     status = farm_status(args.folder, interval=args.interval)
     print(status.to_json() if args.json else format_status(status))

@@ -34,6 +34,16 @@ class LockError(OutputError):
     """Another process holds the lock on the files this process was about to write."""
 
 
+class GenerateError(StableRepError):
+    """A problem with generation's input or environment: a setting, a model, a captions file, an output folder."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
 def env_int(name: str, default: int, env: dict | None = None) -> int:
     """The integer environment variable ``name`` (``default`` when unset); ConfigError when it is
     not an integer (launchers such as torchrun and Slurm set RANK, WORLD_SIZE, ...)."""

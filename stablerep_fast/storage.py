@@ -10,7 +10,7 @@ Publishing follows the same rule everywhere: a file is written under a temporary
 no reader ever sees part of one. ``create`` publishes only if the name is free, atomically where
 the store can (``O_EXCL``-like hard link locally; ``mode="xb"``, a conditional put, on object
 stores whose fsspec backend implements it): the primitive shard claims are built on
-(``generate/claims.py``). ``CLAIM_SAFE_PROTOCOLS`` lists the stores where it is atomic.
+(``generate/farm/claims.py``). ``CLAIM_SAFE_PROTOCOLS`` lists the stores where it is atomic.
 """
 
 from __future__ import annotations

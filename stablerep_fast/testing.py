@@ -4,7 +4,7 @@
 (nothing downloaded). Speed does not depend on the weights, so benchmarks time SD 1.5's (and
 SD-Turbo's) exact layout this way, and tests run a tiny model of the same layout in seconds.
 ``random_pipeline``: a tiny random-weight diffusers pipeline of any family of
-``generate/families.py`` (SDXL, SD3, PixArt, FLUX, LCM, turbo, ...), tokenizers included.
+``generate/models/families.py`` (SDXL, SD3, PixArt, FLUX, LCM, turbo, ...), tokenizers included.
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ def _is_sd15(unet) -> bool:
 
 def _backend_table():
     """(names, why each unavailable one cannot run) from the generation stage's public table."""
-    from stablerep_fast.generate import backends
+    from stablerep_fast.generate.runtime import backends
 
     return list(backends.BACKENDS), backends.unavailable_reason
 
@@ -181,8 +181,8 @@ def _family_factory(family: str, device: torch.device, dtype: torch.dtype, folde
     GPUs (the only full layout built here), the family's tiny layout on CPUs (a fresh pipeline per
     backend: the compile backend changes a diffusers pipeline in place)."""
     from stablerep_fast.generate import StableRepPipeline
-    from stablerep_fast.generate.diffusers_pipeline import DiffusersGenerator
-    from stablerep_fast.generate.families import FAMILIES
+    from stablerep_fast.generate.models.diffusers_pipeline import DiffusersGenerator
+    from stablerep_fast.generate.models.families import FAMILIES
     from stablerep_fast.testing import random_pipeline, random_sd_components
 
     spec, model_id = FAMILIES[family], f"{family}-random"
@@ -219,7 +219,7 @@ def image_flops(generator, *, steps: int, guidance: float, resolution: int) -> f
 
 def _few_step_records(device: torch.device, dtype: str, names: list[str], few_step, settings: dict, repeats: int) -> list[dict]:
     """Per (family, steps) and backend: images/s and the fraction of the counted FLOP floor."""
-    from stablerep_fast.generate.families import FAMILIES
+    from stablerep_fast.generate.models.families import FAMILIES
 
     peak = tensor_core_peak(device)
     records = []
@@ -261,7 +261,7 @@ def _few_step_records(device: torch.device, dtype: str, names: list[str], few_st
 
 
 def _shapes_record(device: torch.device, captions: int, k: int, resolution: int, repeats: int) -> dict:
-    from stablerep_fast.generate.shapes import ShapesPipeline
+    from stablerep_fast.generate.models.shapes import ShapesPipeline
 
     record = dict(suite="generate", backend="shapes", device=device.type, dtype="uint8", model="shapes", captions=captions,
                   images_per_caption=k, batch=captions * k, steps=None, guidance=None, resolution=resolution,
@@ -292,7 +292,7 @@ def run_generate_suite(
 
     backends: generation backends and/or "shapes"; None = every backend that can run here
     (torch.compile on a CPU only when named) plus "shapes". few_step: (family, steps) pairs of
-    ``generate.families``; None: FEW_STEP_GPU on GPUs, none on CPUs.
+    ``generate/models/families.py``; None: FEW_STEP_GPU on GPUs, none on CPUs.
     """
     dev = torch.device(device)
     settings = dict(captions=captions, k=images_per_caption, steps=steps, guidance=guidance, resolution=resolution,

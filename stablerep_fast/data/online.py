@@ -103,7 +103,7 @@ class _Generate:
 
     def __init__(self, generator: Generator, texts: list[str], views: int, steps_per_epoch: int, config: OnlineConfig,
                  seed: int, resolution: int, save_size: int):  # fmt: skip
-        from stablerep_fast.generate.run import checked_latent_shape
+        from stablerep_fast.generate.models.protocol import checked_latent_shape
 
         self.generator, self.texts, self.m, self.steps_per_epoch = generator, texts, views, steps_per_epoch
         self.config, self.seed, self.resolution, self.save_size = config, seed, resolution, save_size
@@ -116,8 +116,8 @@ class _Generate:
 
     @torch.inference_mode()
     def __call__(self, batch: GroupBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        from stablerep_fast.generate.run import checked_images
-        from stablerep_fast.generate.seeds import initial_noise
+        from stablerep_fast.generate.models.protocol import checked_images
+        from stablerep_fast.generate.farm.seeds import initial_noise
 
         ids = [int(i) for i in batch.captions]  # pool positions are the caption ids
         noise = initial_noise(epoch_seed(self.seed, batch.step // self.steps_per_epoch), ids, self.m, self.latent_shape,
@@ -176,7 +176,7 @@ class OnlineLoader(GroupLoader):
 
 def caption_pool(generator: Generator, config: OnlineConfig, seed: int) -> list[str]:
     """The captions online batches are drawn from (see the module docstring)."""
-    from stablerep_fast.generate.captions import read_captions
+    from stablerep_fast.generate.farm.captions import read_captions
 
     if config.captions is not None:
         return read_captions(Path(config.captions), config.caption_column).texts
@@ -205,8 +205,8 @@ def build_online_loader(
 ) -> OnlineLoader:
     """The OnlineLoader of ``source`` (``build_loader(None, ..., source=...)`` calls this)."""
     from stablerep_fast.generate import load_generator
-    from stablerep_fast.generate.run import resolve_dtype
-    from stablerep_fast.generate.seeds import VIEWS
+    from stablerep_fast.generate.models.loader import resolve_dtype
+    from stablerep_fast.generate.farm.seeds import VIEWS
 
     if config.views not in VIEWS:
         raise ValueError(f"online views must be one of {VIEWS}, got {config.views!r}")

@@ -13,22 +13,30 @@ Public API:
     FAMILIES                                model families and their default steps, guidance, sampler
     read_captions, initial_noise, noise_seed
     shapes                                  the procedural generator: make_captions, render
+
+Inside, three rooms that import downwards only (farm -> models -> runtime):
+
+    models/    the Generator protocol, its loader, the diffusers families and pipelines, procedural worlds
+    runtime/   one backend interface for every pipeline: eager, compile + CUDA graphs, tensorrt/
+    farm/      generate(): settings, captions, seeds, claims, the shard writer, farm status
 """
 
 from stablerep_fast._deps import require_extra
 
 require_extra("generate")  # before the imports that need it: one line, not a traceback
 
-from stablerep_fast.generate import shapes
-from stablerep_fast.generate.captions import Captions, read_captions
-from stablerep_fast.generate.config import GenerateConfig, GenerateError
-from stablerep_fast.generate.diffusers_pipeline import DiffusersGenerator
-from stablerep_fast.generate.families import FAMILIES
-from stablerep_fast.generate.farm_status import FarmStatus, farm_status
-from stablerep_fast.generate.generator import GenerationOutput, Generator, load_generator, to_uint8_images
-from stablerep_fast.generate.pipeline import StableRepPipeline
-from stablerep_fast.generate.run import GenerateSummary, generate
-from stablerep_fast.generate.seeds import initial_noise, noise_seed
+from stablerep_fast.errors import GenerateError
+from stablerep_fast.generate.farm.captions import Captions, read_captions
+from stablerep_fast.generate.farm.config import GenerateConfig
+from stablerep_fast.generate.farm.run import GenerateSummary, generate
+from stablerep_fast.generate.farm.seeds import initial_noise, noise_seed
+from stablerep_fast.generate.farm.status import FarmStatus, farm_status
+from stablerep_fast.generate.models import shapes
+from stablerep_fast.generate.models.diffusers_pipeline import DiffusersGenerator
+from stablerep_fast.generate.models.families import FAMILIES
+from stablerep_fast.generate.models.loader import load_generator
+from stablerep_fast.generate.models.pipeline import StableRepPipeline
+from stablerep_fast.generate.models.protocol import GenerationOutput, Generator, to_uint8_images
 
 __all__ = [
     "Captions",

@@ -15,7 +15,7 @@ from stablerep_fast.data.augment import MEAN, STD
 from stablerep_fast.data.ahead import run_ahead as generate_ahead
 from stablerep_fast.data.online import OnlineConfig, epoch_seed
 from stablerep_fast.generate import initial_noise, shapes
-from stablerep_fast.generate.shapes import ShapesPipeline
+from stablerep_fast.generate.models.shapes import ShapesPipeline
 
 N, M, S, POOL = 4, 3, 32, 24  # captions per batch, views, image side, captions in the pool
 

@@ -2,7 +2,8 @@
 
 One entry per component: a thin wrapper module with tensor-only inputs and outputs, the names
 of those tensors (the engine's bindings use the same names), and example inputs with the
-run's batch and latent size. ``export_onnx`` writes the graph; ``check_onnx`` runs it with
+run's batch and latent size. A wrapper runs its network's class forward (or ``decode``), not the
+instance's: the backend puts the engine itself there (``forwards.py``). ``export_onnx`` writes the graph; ``check_onnx`` runs it with
 onnxruntime on CPU against torch (the check CI can make without TensorRT or a GPU).
 
 Shapes are static on purpose: TensorRT builds its fastest kernels for one shape and a static
@@ -30,7 +31,7 @@ class TextEncoderGraph(torch.nn.Module):
         self.text_encoder = text_encoder
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.text_encoder(input_ids.long())[0]
+        return type(self.text_encoder).forward(self.text_encoder, input_ids.long())[0]
 
 
 class UNetGraph(torch.nn.Module):
@@ -50,8 +51,8 @@ class UNetGraph(torch.nn.Module):
         time_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         added = None if text_embeds is None else {"text_embeds": text_embeds, "time_ids": time_ids}
-        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added,
-                         return_dict=False)[0]  # fmt: skip
+        return type(self.unet).forward(self.unet, sample, timestep, encoder_hidden_states=encoder_hidden_states,
+                                       added_cond_kwargs=added, return_dict=False)[0]  # fmt: skip
 
 
 def added_conditions(unet: torch.nn.Module) -> dict[str, int]:
@@ -71,7 +72,7 @@ class VAEDecoderGraph(torch.nn.Module):
         self.vae = vae
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latent, return_dict=False)[0]
+        return type(self.vae).decode(self.vae, latent, return_dict=False)[0]
 
 
 @dataclass(frozen=True)

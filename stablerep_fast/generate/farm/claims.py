@@ -35,7 +35,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 from stablerep_fast import shards, storage
@@ -207,11 +207,10 @@ class Heartbeat:
         self._thread.join()
 
 
-def claim_shards(board: ClaimBoard, todo: list[int], is_done: Callable[[int], bool], *,
-                 poll: float | None = None) -> Iterator[Claim]:  # fmt: skip
+def claim_shards(board: ClaimBoard, todo: list[int], *, poll: float | None = None) -> Iterator[Claim]:
     """Claim the shards of ``todo`` one at a time, in that order of preference, until each is done
-    (``is_done``, asked only once a shard's done marker and tar are listed): yields a Claim, and
-    claims the next one once the caller is back.
+    (``shards.is_done`` on the folder's listing): yields a Claim, and claims the next one once
+    the caller is back.
 
     Unclaimed shards first; when every remaining shard is held, waits (``poll`` seconds between
     looks; default lease/4, at most 30 s) and takes over claims that expire. Returns when no shard
@@ -222,7 +221,7 @@ def claim_shards(board: ClaimBoard, todo: list[int], is_done: Callable[[int], bo
     seen: set[tuple[int, int]] = set()  # claims read once already
     while True:
         files = storage.list_files(board.folder)
-        remaining = [s for s in remaining if not (_published(s, files) and is_done(s))]
+        remaining = [s for s in remaining if not shards.is_done(board.folder, s, files)]
         if not remaining:
             return
         latest = latest_generations(list(files))
@@ -233,10 +232,6 @@ def claim_shards(board: ClaimBoard, todo: list[int], is_done: Callable[[int], bo
             time.sleep(poll)
             continue
         yield claim
-
-
-def _published(shard: int, files: dict) -> bool:
-    return all(shards.shard_stem(shard) + suffix in files for suffix in (shards.TAR_SUFFIX, shards.DONE_SUFFIX))
 
 
 def _take_over(board: ClaimBoard, remaining: list[int], latest: dict[int, int], files: dict,

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from stablerep_fast.generate.generator import GenerationOutput, to_uint8_images
+from stablerep_fast.generate.models.protocol import GenerationOutput, to_uint8_images
 
 SIZES = {"small": 0.18, "medium": 0.26, "large": 0.34}  # shape radius / image side
 COLOURS = {

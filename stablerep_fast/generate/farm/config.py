@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from stablerep_fast.errors import StableRepError
-from stablerep_fast.generate.seeds import VIEWS
+from stablerep_fast.errors import GenerateError
+from stablerep_fast.generate.farm.seeds import VIEWS
+from stablerep_fast.generate.models.protocol import Generator
+from stablerep_fast.generate.runtime.backends import BACKENDS
 
-if TYPE_CHECKING:
-    from stablerep_fast.generate.generator import Generator
-
-BACKEND_CHOICES = ("auto", "eager", "compile", "tensorrt")
+BACKEND_CHOICES = ("auto", *BACKENDS)
 DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
 IMAGE_FORMATS = ("jpg", "png")
 ASSIGN_CHOICES = ("dynamic", "static")
@@ -38,41 +35,21 @@ DATASET_FIELDS = (
 )
 
 
-class GenerateError(StableRepError):
-    """A problem with the user's input or environment, reported as one line (no traceback)."""
-
-
-def default_cache_dir() -> Path:
-    """Where compiled artefacts and engines are kept: $STABLEREP_FAST_CACHE, else
-    $XDG_CACHE_HOME/stablerep_fast, else ~/.cache/stablerep_fast."""
-    if os.environ.get("STABLEREP_FAST_CACHE"):
-        return Path(os.environ["STABLEREP_FAST_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "stablerep_fast"
-
-
-@dataclass(frozen=True)
-class BackendOptions:
-    """What a backend may need beside the modules (``backends.py``)."""
-
-    cache_dir: Path | None = None  # compiled artefacts and engines; None: default_cache_dir()
-    weights_files: dict[str, list[Path]] | None = None  # checkpoint files per component: TensorRT cache keys
-
-
 @dataclass
 class GenerateConfig:
     """Everything ``generate`` needs. ``out``: a folder or an fsspec URL (s3://, gs://, file://);
     ``world_size``/``rank`` None: from torchrun/Slurm env; ``assign``: "dynamic" (ranks claim
     shards, taking over claims whose ``lease`` seconds ran out) or "static" (rank r writes the
     shards s with s % world_size == r); ``device`` None: cuda when available; ``dtype`` "auto":
-    float16 on GPU (bfloat16 for the T5 families, ``families.auto_gpu_dtype``), float32 on CPU."""
+    float16 on GPU (bfloat16 for the T5 families, ``models/families.auto_gpu_dtype``), float32 on CPU."""
 
     captions: Path
     out: Path | str
     # "shapes", a diffusers folder, a single-file checkpoint, "my_pkg.my_module:MyGenerator",
-    # or a Generator object (see generator.py)
+    # or a Generator object (see models/protocol.py)
     model: str | Generator = "shapes"
     images_per_caption: int = 10
-    # None: the model family's default (families.py; SD 1.x/2.x: DDIM, 50 steps, guidance 2)
+    # None: the model family's default (models/families.py; SD 1.x/2.x: DDIM, 50 steps, guidance 2)
     steps: int | None = None
     guidance: float | None = None
     scheduler: str | None = None  # a diffusers scheduler class name or alias, "default": the model's own
@@ -84,7 +61,7 @@ class GenerateConfig:
     world_size: int | None = None
     rank: int | None = None
     assign: str = "dynamic"
-    lease: float = 300.0  # seconds; see generate/claims.py
+    lease: float = 300.0  # seconds; see farm/claims.py
     device: str | None = None
     dtype: str = "auto"
     backend: str = "auto"
@@ -94,7 +71,7 @@ class GenerateConfig:
     latent_std: float = 0.5  # sigma of --views latent-neighbors
     caption_column: str | None = None
     progress: bool = True
-    engine_cache: Path | None = None  # compiled artefacts and TensorRT engines; None: default_cache_dir()
+    engine_cache: Path | None = None  # compiled artefacts and TensorRT engines; None: runtime.networks.default_cache_dir()
 
     def validate(self) -> None:
         """Raise GenerateError naming the first bad setting."""

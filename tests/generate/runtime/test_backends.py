@@ -5,6 +5,7 @@ GPU: tested at the end, skipped without them."""
 
 import json
 import multiprocessing
+import os
 import sys
 import time
 import types
@@ -17,12 +18,11 @@ import torch
 
 from stablerep_fast.cli import main as cli_main
 from stablerep_fast.generate import GenerateError, StableRepPipeline, initial_noise
-from stablerep_fast.generate import backends
-from stablerep_fast.generate.backends import AUTO_ORDER, resolve_backend
-from stablerep_fast.generate.padding import pad_batch
-from stablerep_fast.generate.tensorrt.engine_cache import EngineKey, build_once, cached_engine, weights_hash
-from stablerep_fast.generate.tensorrt.onnx_export import COMPONENTS, check_onnx, export_onnx, graph_spec, onnx_input_shapes
-from stablerep_fast.generate.tensorrt.runner import profile_shapes, tensorrt_unavailable_reason
+from stablerep_fast.generate.runtime.backends import AUTO_ORDER, resolve_backend
+from stablerep_fast.generate.runtime.padding import pad_batch
+from stablerep_fast.generate.runtime.tensorrt.engine_cache import EngineKey, build_once, cached_engine, weights_hash
+from stablerep_fast.generate.runtime.tensorrt.onnx_export import COMPONENTS, check_onnx, export_onnx, graph_spec, onnx_input_shapes
+from stablerep_fast.generate.runtime.tensorrt.runner import profile_shapes, tensorrt_unavailable_reason
 
 # fp32 on CPU, onnxruntime vs torch: the same arithmetic reordered by constant folding and
 # ORT's fusions (measured about 1e-6 of the output's scale on the tiny models).
@@ -229,23 +229,23 @@ def test_compile_backend_static_batch_plumbing_on_cpu(tiny_sd_dir, monkeypatch, 
         run.batches = []
         return run
 
-    monkeypatch.setattr(backends.torch, "compile", fake_compile)
+    monkeypatch.setattr(torch, "compile", fake_compile)
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     cpu = dict(device=torch.device("cpu"), dtype=torch.float32, cache_dir=tmp_path)
     compiled = StableRepPipeline.from_pretrained(tiny_sd_dir, backend="compile", **cpu)
     eager = StableRepPipeline.from_pretrained(tiny_sd_dir, backend="eager", **cpu)
     assert compiled.backend == "compile" and all(kw["dynamic"] is False for kw in seen)
-    assert compiled.runner.inductor_cache == tmp_path / "inductor"
+    assert Path(os.environ["TORCHINDUCTOR_CACHE_DIR"]) == tmp_path / "inductor"  # where inductor keeps its artefacts
     full = _images(compiled, CAPTIONS, [0, 1, 2])
     last = _images(compiled, CAPTIONS[:1], [0])  # a smaller last batch runs padded to the static one
-    assert set(compiled.runner._unet.batches) == {12}  # 3 captions x 2 images x 2 (guidance)
-    assert set(compiled.runner._decode.batches) == {6}
+    assert set(compiled.unet.forward.compiled.batches) == {12}  # 3 captions x 2 images x 2 (guidance)
+    assert set(compiled.vae.decode.compiled.batches) == {6}
     assert np.abs(full.astype(np.int16) - _images(eager, CAPTIONS, [0, 1, 2])).max() <= 1
     assert np.abs(last.astype(np.int16) - full[:1]).max() <= 1
 
 
 def test_eager_backend_applies_its_optimisations(tiny_sd):
-    assert "unet: fused qkv" in tiny_sd.runner.optimisations and "unet: sdpa" in tiny_sd.runner.optimisations
+    assert "unet: fused qkv" in tiny_sd.optimisations and "unet: sdpa" in tiny_sd.optimisations
 
 
 # ---------------------------------------------------------------- on a GPU

@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from stablerep_fast.generate.config import GenerateError
+from stablerep_fast.errors import GenerateError
 
 # Column (or JSON key) names tried, in order, when a file has several and none is named.
 CAPTION_COLUMNS = ("caption", "text", "prompt", "title")

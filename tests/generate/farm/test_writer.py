@@ -11,7 +11,7 @@ from PIL import Image
 
 from stablerep_fast.generate import GenerateError
 from stablerep_fast.atomic import TEMP_SUFFIX
-from stablerep_fast.generate.shard_writer import Sample, ShardWriter, clear_shard, ensure_dataset_json
+from stablerep_fast.generate.farm.writer import Sample, ShardWriter, clear_shard, ensure_dataset_json
 from stablerep_fast.shards import is_done
 
 K = 3

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from stablerep_fast.generate.seeds import ANCHOR, initial_noise, noise_seed
+from stablerep_fast.generate.farm.seeds import ANCHOR, initial_noise, noise_seed
 
 SHAPE = (4, 8, 8)
 

@@ -10,11 +10,12 @@ import torch
 
 from stablerep_fast.cli import main as cli_main
 from stablerep_fast.generate import GenerateConfig, GenerateError, generate, initial_noise, load_generator
-from stablerep_fast.generate import backends
-from stablerep_fast.generate.diffusers_pipeline import DiffusersGenerator
-from stablerep_fast.generate.families import FAMILIES, detect_family, make_scheduler
-from stablerep_fast.generate.pipeline import StableRepPipeline
-from stablerep_fast.generate.seeds import step_generators
+from stablerep_fast.generate.runtime import backends
+from stablerep_fast.generate.runtime.compiled import CompiledForward
+from stablerep_fast.generate.models.diffusers_pipeline import DiffusersGenerator
+from stablerep_fast.generate.models.families import FAMILIES, detect_family, make_scheduler, unsupported_backends
+from stablerep_fast.generate.models.pipeline import StableRepPipeline
+from stablerep_fast.generate.models.protocol import step_generators
 from stablerep_fast.shards import read_dataset
 from stablerep_fast.testing import RANDOM_FAMILIES, random_pipeline
 
@@ -180,13 +181,13 @@ def test_scheduler_override_and_bad_names(family_dirs, captions_file, tmp_path, 
 def test_tensorrt_covers_the_unet_families_only(monkeypatch, caplog):
     monkeypatch.setattr(backends, "unavailable_reason", lambda name, device: None)  # as on a GPU with TensorRT
     cuda = torch.device("cuda")
-    assert backends.resolve_backend("tensorrt", cuda, FAMILIES["sd2"]).name == "tensorrt"
+    assert backends.resolve_backend("tensorrt", cuda, unsupported_backends(FAMILIES["sd2"])).name == "tensorrt"
     with pytest.raises(GenerateError) as error:
-        backends.resolve_backend("tensorrt", cuda, FAMILIES["flux"])
+        backends.resolve_backend("tensorrt", cuda, unsupported_backends(FAMILIES["flux"]))
     message = str(error.value)
     assert "\n" not in message and "not FLUX.1 [dev]" in message and "Stable Diffusion 2.x" in message
     with caplog.at_level(logging.WARNING, logger="stablerep_fast.generate"):
-        assert backends.resolve_backend("auto", cuda, FAMILIES["sd3"]).name == "compile"
+        assert backends.resolve_backend("auto", cuda, unsupported_backends(FAMILIES["sd3"])).name == "compile"
     assert "TensorRT engines cover" in caplog.text and "running on compile" in caplog.text
 
 
@@ -203,14 +204,28 @@ def test_compile_backend_of_a_diffusers_family(family_dirs, monkeypatch, tmp_pat
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     generator = load_generator(family_dirs["sd3"], backend="compile", cache_dir=tmp_path, **CPU)
     eager = load_generator(family_dirs["sd3"], backend="eager", **CPU)
-    assert generator.backend == "compile" and isinstance(generator.denoiser.forward, backends.CompiledForward)
+    assert generator.backend == "compile" and isinstance(generator.denoiser.forward, CompiledForward)
     assert sorted(name for name, _ in compiled) == ["AutoencoderKL.decode", "SD3Transformer2DModel.forward"]
     assert all(kwargs["dynamic"] is False for _, kwargs in compiled)
     np.testing.assert_array_equal(_images(generator, CAPTIONS, [0, 1]), _images(eager, CAPTIONS, [0, 1]))
 
 
+def test_eager_set_up_is_one_rule_for_both_pipelines(family_dirs):
+    """The same eager set-up for a UNet run by our loop (SD 2.x) or by diffusers' (SDXL): SDPA and
+    fused QKV in the UNet and VAE; a transformer (SD3) keeps its family's attention processors."""
+    for family in ("sd2", "sdxl"):
+        applied = load_generator(family_dirs[family], backend="eager", **CPU).optimisations
+        assert applied == ["unet: sdpa", "unet: fused qkv", "vae: sdpa", "vae: fused qkv"], family
+    from diffusers import DiffusionPipeline
+
+    ours = load_generator(family_dirs["sd3"], backend="eager", **CPU)
+    own = DiffusionPipeline.from_pretrained(family_dirs["sd3"], local_files_only=True).transformer.attn_processors
+    assert ours.optimisations == ["vae: sdpa", "vae: fused qkv"]
+    assert {k: type(v) for k, v in ours.denoiser.attn_processors.items()} == {k: type(v) for k, v in own.items()}
+
+
 def test_auto_dtype_is_bfloat16_on_gpu_for_the_t5_families(family_dirs):
-    from stablerep_fast.generate.run import resolve_dtype
+    from stablerep_fast.generate.models.loader import resolve_dtype
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert resolve_dtype("auto", cuda, str(family_dirs["flux"])) == torch.bfloat16  # T5 overflows in float16

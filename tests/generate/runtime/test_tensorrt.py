@@ -9,16 +9,15 @@ import json
 import os
 import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
 
-from stablerep_fast.generate.config import BackendOptions
-from stablerep_fast.generate.tensorrt import runner
-from stablerep_fast.generate.tensorrt.engine_cache import files_fingerprint
-from stablerep_fast.generate.tensorrt.onnx_export import graph_spec_for
-from stablerep_fast.generate.tensorrt.runner import Engine, TensorRTBackend, build_engine, network_flags
+from stablerep_fast.generate.runtime.networks import BackendOptions, Networks
+from stablerep_fast.generate.runtime.tensorrt import forwards, runner
+from stablerep_fast.generate.runtime.tensorrt.engine_cache import files_fingerprint
+from stablerep_fast.generate.runtime.tensorrt.onnx_export import graph_spec_for
+from stablerep_fast.generate.runtime.tensorrt.runner import Engine, TensorRTBackend, build_engine, network_flags
 
 
 OUTPUTS = {"input_ids": "text_embeddings", "sample": "noise_pred", "latent": "images"}  # the graphs' output names
@@ -292,7 +291,7 @@ def test_graph_spec_for_takes_the_call_shapes(tiny_sd_dir):
 
 
 def test_checkpoint_files_are_hashed_once_and_remembered(tmp_path, monkeypatch):
-    from stablerep_fast.generate.tensorrt import engine_cache
+    from stablerep_fast.generate.runtime.tensorrt import engine_cache
 
     hashed = []
     real = engine_cache.file_sha256
@@ -317,16 +316,16 @@ def test_checkpoint_files_are_hashed_once_and_remembered(tmp_path, monkeypatch):
 
 
 def test_the_pipeline_passes_its_checkpoint_files(tiny_sd_dir, monkeypatch):
-    from stablerep_fast.generate import StableRepPipeline, backends
+    from stablerep_fast.generate import StableRepPipeline
+    from stablerep_fast.generate.runtime import backends
 
     seen = {}
 
-    class Recorder(backends.EagerBackend):
-        def __init__(self, text_encoder, unet, vae, options):
-            super().__init__(text_encoder, unet, vae)
-            seen.update(options.weights_files)
+    def recorder(networks, options):
+        seen.update(options.weights_files)
+        return []
 
-    monkeypatch.setitem(backends.BACKENDS, "eager", backends.Backend("eager", Recorder, "recorder"))
+    monkeypatch.setitem(backends.BACKENDS, "eager", backends.Backend("eager", recorder, "recorder"))
     StableRepPipeline.from_pretrained(tiny_sd_dir, device=torch.device("cpu"), dtype=torch.float32, backend="eager")
     assert sorted(seen) == ["text_encoder", "unet", "vae_decoder"]
     assert {p.name for p in seen["unet"]} >= {"config.json"} and all(p.parent == tiny_sd_dir / "unet" for p in seen["unet"])
@@ -336,7 +335,7 @@ def test_the_pipeline_passes_its_checkpoint_files(tiny_sd_dir, monkeypatch):
 def test_engine_cache_sets_inductor_folder_even_after_inductor_chose_its_default(tmp_path, monkeypatch):
     from torch._inductor.runtime.runtime_utils import cache_dir
 
-    from stablerep_fast.generate.backends import configure_compile_cache
+    from stablerep_fast.generate.runtime.compiled import configure_compile_cache
 
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     default = cache_dir()  # inductor resolves its default and writes it to the environment
@@ -352,7 +351,7 @@ def test_engine_cache_sets_inductor_folder_even_after_inductor_chose_its_default
 
 
 def test_sdxl_unet_exports_with_its_added_conditions(tmp_path):
-    from stablerep_fast.generate.tensorrt.onnx_export import check_onnx, export_onnx, graph_spec, onnx_input_shapes
+    from stablerep_fast.generate.runtime.tensorrt.onnx_export import check_onnx, export_onnx, graph_spec, onnx_input_shapes
     from stablerep_fast.testing import random_pipeline
 
     unet = random_pipeline("sdxl", tmp_path / "tokenizer").unet.eval()
@@ -368,19 +367,66 @@ def test_sdxl_pipeline_runs_its_unet_on_engines(cpu_streams, tmp_path, monkeypat
     """diffusers' SDXL __call__ with the UNet forward on (stand-in) engines: every step's UNet
     call reaches an engine whose inputs include the pooled text and time ids; text encoders and
     VAE stay in torch."""
-    from stablerep_fast.generate import backends
     from stablerep_fast.testing import random_pipeline
 
     monkeypatch.setattr(runner, "gpu_identity", lambda device: ("Stand-in GPU", "9.0"))
     monkeypatch.setattr(runner, "export_onnx", lambda spec, path: path)  # the stand-in parses nothing
     monkeypatch.setattr(runner, "cuda_device_of", lambda module: module.device)  # the stand-in's engines run on CPU
-    monkeypatch.setattr(backends, "TensorRTBackend", functools.partial(TensorRTBackend, cuda_graph=False, log=lambda m: None))
+    monkeypatch.setattr(forwards, "TensorRTBackend", functools.partial(TensorRTBackend, cuda_graph=False, log=lambda m: None))
     pipe = random_pipeline("sdxl-turbo", tmp_path / "tokenizer")
     pipe.set_progress_bar_config(disable=True)
-    assert backends.prepare_tensorrt(pipe, BackendOptions(cache_dir=tmp_path)) == ["unet: TensorRT engines"]
+    networks = Networks(denoiser=pipe.unet, vae=pipe.vae)  # as DiffusersGenerator hands them over
+    assert forwards.setup_tensorrt(networks, BackendOptions(cache_dir=tmp_path)) == ["unet: TensorRT engines"]
     pipe(prompt=["a red star"], num_images_per_prompt=2, num_inference_steps=2, guidance_scale=3.0, height=32, width=32,
          output_type="pt")  # fmt: skip
     runs = [c[1] for c in cpu_streams.calls if c[0] == "execute"]
     assert runs == [(4, 4, 16, 16)] * 2  # 2 steps of 2 images x 2 (guidance), latents at 32 / 2 px
     (key,) = [json.loads(p.read_text())["key"] for p in (tmp_path / "tensorrt").glob("unet-*.json")]
     assert key["shapes"] == "sample=4x4x16x16;timestep=1;encoder_hidden_states=4x77x64;text_embeds=4x32;time_ids=4x6"
+
+
+# ---------------------------------------------------------------- SD 1.x/2.x: every network on engines
+
+
+def _sd_modules(tiny_sd_dir):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    return (CLIPTextModel.from_pretrained(tiny_sd_dir / "text_encoder").eval(),
+            UNet2DConditionModel.from_pretrained(tiny_sd_dir / "unet").eval(), AutoencoderKL.from_pretrained(tiny_sd_dir / "vae").eval())  # fmt: skip
+
+
+def test_sd_networks_run_all_three_on_engines(cpu_streams, tiny_sd_dir, tmp_path, monkeypatch):
+    """The networks StableRepPipeline hands over (its text encoder included), called as the
+    pipeline calls them: each call reaches an engine of its own component (the stand-in's output
+    is its main input + 1)."""
+    monkeypatch.setattr(runner, "gpu_identity", lambda device: ("Stand-in GPU", "9.0"))
+    monkeypatch.setattr(runner, "export_onnx", lambda spec, path: path)
+    monkeypatch.setattr(runner, "cuda_device_of", lambda module: module.device)
+    monkeypatch.setattr(forwards, "TensorRTBackend", functools.partial(TensorRTBackend, cuda_graph=False, log=lambda m: None))
+    text_encoder, unet, vae = _sd_modules(tiny_sd_dir)
+    networks = Networks(denoiser=unet, vae=vae, text_encoder=text_encoder, static_batch=True)
+    assert forwards.setup_tensorrt(networks, BackendOptions(cache_dir=tmp_path)) == ["text_encoder, unet, vae_decoder: TensorRT engines"]
+    ids, latents = torch.randint(0, 90, (3, 77)), torch.randn(3, 4, 8, 8)
+    assert torch.equal(text_encoder(ids)[0], ids.float() + 1)
+    assert torch.equal(unet(latents, torch.tensor(500.0), encoder_hidden_states=torch.zeros(3, 77, 32), return_dict=False)[0], latents + 1)
+    assert torch.equal(vae.decode(latents, return_dict=False)[0], latents + 1)
+    assert torch.equal(vae.decode(latents).sample, latents + 1)
+    assert [c[1] for c in cpu_streams.calls if c[0] == "execute"] == [(3, 77), (3, 4, 8, 8), (3, 4, 8, 8), (3, 4, 8, 8)]
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "tensorrt").glob("*.plan")) == ["text_encoder", "unet", "vae_decoder"]
+
+
+def test_the_exported_graphs_run_the_networks_not_the_engines_in_their_place(tiny_sd_dir):
+    """The backend puts engines where the modules' forward and decode were; the graphs exported to
+    build those engines still run the networks (their class's forward and decode)."""
+    from stablerep_fast.generate.runtime.tensorrt.onnx_export import graph_spec
+
+    def engine(*args, **kwargs):
+        raise AssertionError("the export graph called the engine that stands in for its network")
+
+    for component, module in zip(("text_encoder", "unet", "vae_decoder"), _sd_modules(tiny_sd_dir)):
+        spec = graph_spec(component, module, batch=2, latent_side=8, text_len=77)
+        with torch.no_grad():
+            expected = spec.module(*spec.inputs.values())
+            module.forward = module.decode = engine
+            torch.testing.assert_close(spec.module(*spec.inputs.values()), expected, rtol=0, atol=0)

@@ -3,8 +3,8 @@
 Families without a fast path of their own here (SDXL, SDXL-Turbo, SD3, PixArt, FLUX, LCM, and
 other diffusers text-to-image pipelines) run through the pipeline diffusers maintains for them:
 one call per B captions with ``num_images_per_prompt=K``, ``latents=`` the B x K initial noises
-(each from its own (seed, caption, k), ``seeds.py``), ``generator=`` one step-noise generator
-per image (``seeds.step_generators``), the steps, guidance and scheduler of the family
+(each from its own (seed, caption, k), ``farm/seeds.py``), ``generator=`` one step-noise generator
+per image (``protocol.step_generators``), the steps, guidance and scheduler of the family
 (``families.py``) unless told otherwise, and ``output_type="pt"``. So every image depends only
 on its caption and seeds, whatever the batch, like the SD 1.x pipeline's.
 
@@ -22,9 +22,8 @@ from pathlib import Path
 
 import torch
 
-from stablerep_fast.generate.backends import denoiser_of, resolve_backend
-from stablerep_fast.generate.config import BackendOptions, GenerateError
-from stablerep_fast.generate.families import (
+from stablerep_fast.errors import GenerateError, first_line
+from stablerep_fast.generate.models.families import (
     FAMILIES,
     MODEL_SCHEDULER,
     Family,
@@ -32,9 +31,17 @@ from stablerep_fast.generate.families import (
     detect_family,
     make_scheduler,
     scheduler_class_name,
+    unsupported_backends,
 )
-from stablerep_fast.generate.generator import GenerationOutput, check_latents, first_line, to_uint8_images
-from stablerep_fast.generate.seeds import step_generators
+from stablerep_fast.generate.models.pipeline import StableRepPipeline
+from stablerep_fast.generate.models.protocol import GenerationOutput, check_latents, step_generators, to_uint8_images
+from stablerep_fast.generate.runtime.backends import resolve_backend
+from stablerep_fast.generate.runtime.networks import BackendOptions, Networks
+
+def denoiser_of(pipe) -> torch.nn.Module:
+    """The network a diffusers pipeline calls at every step: its transformer, else its UNet."""
+    return getattr(pipe, "transformer", None) or pipe.unet
+
 
 # Call options some pipelines take: PixArt's resolution binning would change the asked size,
 # and its caption cleaning needs extra packages and would change the captions.
@@ -69,9 +76,9 @@ class DiffusersGenerator:
         self.packed = hasattr(pipe, "_pack_latents")  # FLUX: tokens of 2 x 2 latent patches
         self.call_parameters = inspect.signature(pipe.__call__).parameters
         pipe.set_progress_bar_config(disable=True)
-        spec = resolve_backend(backend, self.device, family)
+        spec = resolve_backend(backend, self.device, unsupported_backends(family))
         self.backend = spec.name
-        self.optimisations = spec.prepare(pipe, BackendOptions(cache_dir, weights_files))
+        self.optimisations = spec.setup(Networks(denoiser=self.denoiser, vae=pipe.vae), BackendOptions(cache_dir, weights_files))
 
     @property
     def scheduler(self):
@@ -93,7 +100,7 @@ class DiffusersGenerator:
         ``families.make_scheduler`` says."""
         from diffusers import DiffusionPipeline
 
-        resolve_backend(backend, device, family)  # an unavailable backend fails before minutes of loading
+        resolve_backend(backend, device, unsupported_backends(family))  # an unavailable backend fails before minutes of loading
         try:
             pipe = DiffusionPipeline.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
         except (OSError, ValueError, KeyError, TypeError, RuntimeError, AttributeError) as exc:
@@ -182,8 +189,6 @@ def load_diffusers_model(
     """The Generator of a local diffusers folder (any text-to-image family, ``families.py``) or of
     a single-file SD 1.x/2.x checkpoint: the families with a fast path run on StableRepPipeline's
     own loop, the others through diffusers' ``__call__`` (DiffusersGenerator)."""
-    from stablerep_fast.generate.pipeline import StableRepPipeline
-
     if scheduler not in (None, MODEL_SCHEDULER):
         scheduler_class_name(scheduler)  # a bad name fails before minutes of loading
     path = Path(model)

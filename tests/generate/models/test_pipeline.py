@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from stablerep_fast.generate import GenerateError, StableRepPipeline, initial_noise
-from stablerep_fast.generate.backends import AUTO_ORDER, resolve_backend
+from stablerep_fast.generate.runtime.backends import AUTO_ORDER, resolve_backend
 
 RES = 32
 CAPTIONS = ["a small red striped star on a grey background", "a blue circle", "x"]
@@ -56,7 +56,7 @@ def test_bad_latents_and_resolution(tiny_sd):
 
 def test_auto_backend_and_unavailable_ones():
     assert resolve_backend("auto", torch.device("cpu")).name == "eager"
-    assert AUTO_ORDER["cuda"] == ("tensorrt", "compile", "eager")  # the rule (more in test_backends.py)
+    assert AUTO_ORDER["cuda"] == ("tensorrt", "compile", "eager")  # the rule of "auto" (more in runtime/test_backends.py)
     if not torch.cuda.is_available():
         assert resolve_backend("auto", torch.device("cuda")).name == "eager"
     assert resolve_backend("compile", torch.device("cpu")).name == "compile"

@@ -3,8 +3,8 @@
 Reads like a diffusers pipeline (named components ``tokenizer``, ``text_encoder``, ``unet``,
 ``vae``, ``scheduler``; ``__call__`` in numbered steps) but takes the initial noise as input, so
 every image is reproducible from its own seed, and runs its networks through a swappable
-backend (``backends.py``: eager, compile or TensorRT). It satisfies the Generator protocol
-(``generator.py``) and serves the families of ``families.py`` whose ``fast_path`` is set
+backend (``runtime/backends.py``: eager, compile or TensorRT). It satisfies the Generator
+protocol (``protocol.py``) and serves the families of ``families.py`` whose ``fast_path`` is set
 (SD 1.x, SD 2.x, SD-Turbo, LCM-LoRA-fused SD); the others run through diffusers' own
 ``__call__`` (``diffusers_pipeline.py``).
 """
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from stablerep_fast.generate.backends import resolve_backend
-from stablerep_fast.generate.config import BackendOptions, GenerateError
-from stablerep_fast.generate.families import FAMILIES, Family, make_scheduler
-from stablerep_fast.generate.generator import GenerationOutput, check_latents, to_uint8_images
-from stablerep_fast.generate.seeds import step_generators
+from stablerep_fast.errors import GenerateError, first_line
+from stablerep_fast.generate.models.families import FAMILIES, Family, make_scheduler, unsupported_backends
+from stablerep_fast.generate.models.protocol import GenerationOutput, check_latents, step_generators, to_uint8_images
+from stablerep_fast.generate.runtime.backends import resolve_backend
+from stablerep_fast.generate.runtime.networks import BackendOptions, Networks
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
@@ -59,9 +59,10 @@ class StableRepPipeline:
         self.latent_multiple = 2 ** (len(unet.config.block_out_channels) - 1)
         for module in (text_encoder, unet, vae):
             module.eval().requires_grad_(False)
-        spec = resolve_backend(backend, self.device, family)
+        spec = resolve_backend(backend, self.device, unsupported_backends(family))
         self.backend = spec.name
-        self.runner = spec.factory(text_encoder, unet, vae, BackendOptions(cache_dir, weights_files))
+        networks = Networks(denoiser=unet, vae=vae, text_encoder=text_encoder, static_batch=True)
+        self.optimisations = spec.setup(networks, BackendOptions(cache_dir, weights_files))
         self._empty_context: torch.Tensor | None = None
 
     @classmethod
@@ -79,10 +80,10 @@ class StableRepPipeline:
         """Load a local diffusers Stable Diffusion folder or single-file checkpoint (offline),
         with the scheduler ``scheduler`` names (``families.make_scheduler``; None: the family's,
         DDIM with eta 0 for SD 1.x/2.x, the recipe's sampler). ``cache_dir``: where compiled
-        artefacts and engines are kept (default: config.default_cache_dir())."""
+        artefacts and engines are kept (default: ``runtime.networks.default_cache_dir()``)."""
         from diffusers import StableDiffusionPipeline
 
-        resolve_backend(backend, device, family)  # an unavailable backend fails before minutes of loading
+        resolve_backend(backend, device, unsupported_backends(family))  # an unavailable backend fails before minutes of loading
 
         path = Path(model)
         kwargs = dict(dtype=dtype, local_files_only=True, safety_checker=None, requires_safety_checker=False)
@@ -103,8 +104,7 @@ class StableRepPipeline:
         try:
             sd = load(str(path), **kwargs)
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise GenerateError(f"cannot load Stable Diffusion model {path}: {first_line}") from exc
+            raise GenerateError(f"cannot load Stable Diffusion model {path}: {first_line(exc)}") from exc
         sd.to(device)
         return cls(
             sd.tokenizer,
@@ -135,16 +135,16 @@ class StableRepPipeline:
         input_ids = self.tokenizer(
             prompts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
         ).input_ids
-        return self.runner.encode_text(input_ids.to(self.device))
+        return self.text_encoder(input_ids.to(self.device))[0]
 
     def predict_noise(self, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """One UNet call through the backend: latents [N, C, h, w] (model dtype), a scalar
+        """One UNet call (as the backend set it up): latents [N, C, h, w] (model dtype), a scalar
         timestep, context [N, L, D] -> predicted noise [N, C, h, w]."""
-        return self.runner.unet(latents, timestep, context)
+        return self.unet(latents, timestep, encoder_hidden_states=context, return_dict=False)[0]
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Unscaled latents [N, C, h, w] (model dtype) -> images [N, 3, H, W] in about [-1, 1]."""
-        return self.runner.decode(latents)
+        return self.vae.decode(latents, return_dict=False)[0]
 
     @torch.inference_mode()
     def __call__(

@@ -1,4 +1,4 @@
-"""The ``tensorrt`` backend: TensorRT engines of the text encoder, UNet and VAE decoder.
+"""TensorRT engines of the text encoder, UNet and VAE decoder, run on torch tensors.
 
 Per component and per set of input shapes (batch, latent size, text length): export the module
 to ONNX with those static shapes (``onnx_export.py``), build an engine with the TensorRT Python
@@ -32,9 +32,9 @@ import torch
 from torch.nn import Module
 
 from stablerep_fast.atomic import atomic_write, file_lock
-from stablerep_fast.generate.config import BackendOptions, default_cache_dir
-from stablerep_fast.generate.padding import pad_batch
-from stablerep_fast.generate.tensorrt.engine_cache import (
+from stablerep_fast.generate.runtime.networks import BackendOptions, default_cache_dir
+from stablerep_fast.generate.runtime.padding import pad_batch
+from stablerep_fast.generate.runtime.tensorrt.engine_cache import (
     WEIGHTS_MEMO,
     EngineKey,
     build_once,
@@ -43,7 +43,7 @@ from stablerep_fast.generate.tensorrt.engine_cache import (
     slug,
     weights_hash,
 )
-from stablerep_fast.generate.tensorrt.onnx_export import GraphSpec, export_onnx, graph_spec_for
+from stablerep_fast.generate.runtime.tensorrt.onnx_export import GraphSpec, export_onnx, graph_spec_for
 
 INSTALL_HINT = "pip install 'stablerep_fast[tensorrt]' on a machine with an NVIDIA GPU, or use --backend compile or eager"
 

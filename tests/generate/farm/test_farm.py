@@ -20,10 +20,10 @@ import torch
 from stablerep_fast import shards, storage
 from stablerep_fast.cli import main
 from stablerep_fast.generate import GenerateConfig, generate
-from stablerep_fast.generate.claims import Claim, ClaimBoard, ClaimLost, Heartbeat
-from stablerep_fast.generate.farm_status import farm_status
-from stablerep_fast.generate.run import BATCH_DELAY_ENV
-from stablerep_fast.generate.shard_writer import Sample, ShardWriter
+from stablerep_fast.generate.farm.claims import Claim, ClaimBoard, ClaimLost, Heartbeat
+from stablerep_fast.generate.farm.status import farm_status
+from stablerep_fast.generate.farm.run import BATCH_DELAY_ENV
+from stablerep_fast.generate.farm.writer import Sample, ShardWriter
 
 SMALL = dict(model="shapes", images_per_caption=2, resolution=32, save_size=32, image_format="png", batch_size=1,
              shard_size=2, device="cpu", progress=False)  # fmt: skip

@@ -2,7 +2,7 @@
 
 With ``assign="dynamic"`` (the default) every process claims shards one at a time
 (``claims.py``) until the whole job is done; with ``"static"`` rank r writes the shards
-s % world_size == r (``farm.py``).
+s % world_size == r (``ranks.py``).
 """
 
 from __future__ import annotations
@@ -14,22 +14,18 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-import torch
 from tqdm import tqdm
 
 from stablerep_fast import storage
-from stablerep_fast.generate.captions import read_captions
-from stablerep_fast.generate.claims import ClaimBoard, ClaimLost, Heartbeat, claim_shards
-from stablerep_fast.generate.config import GenerateConfig, GenerateError
-from stablerep_fast.generate.families import auto_gpu_dtype, resolve_options
-from stablerep_fast.generate.farm import resolve_device, resolve_farm, shards_for_rank
-from stablerep_fast.generate.generator import Generator, load_generator
-from stablerep_fast.generate.seeds import ANCHOR, initial_noise, noise_seed
-from stablerep_fast.generate.shard_writer import (
+from stablerep_fast.generate.farm.captions import read_captions
+from stablerep_fast.generate.farm.claims import ClaimBoard, ClaimLost, Heartbeat, claim_shards
+from stablerep_fast.generate.farm.config import GenerateConfig
+from stablerep_fast.generate.farm.ranks import resolve_device, resolve_farm, shards_for_rank
+from stablerep_fast.generate.farm.seeds import ANCHOR, initial_noise, noise_seed
+from stablerep_fast.generate.farm.writer import (
     Sample,
     ShardWriter,
     check_output_folder,
@@ -38,7 +34,10 @@ from stablerep_fast.generate.shard_writer import (
     ensure_dataset_json,
     shard_lock,
 )
-from stablerep_fast.shards import DONE_SUFFIX, is_done, sample_key, shard_stem
+from stablerep_fast.generate.models.families import generation_defaults
+from stablerep_fast.generate.models.loader import load_generator, resolve_dtype
+from stablerep_fast.generate.models.protocol import Generator, backend_name, checked_images, checked_latent_shape
+from stablerep_fast.shards import is_done, sample_key
 
 # Batches waiting for the writer thread before generation pauses: enough to hide JPEG
 # encoding behind the next batch, few enough to bound memory.
@@ -70,42 +69,18 @@ class GenerateSummary:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
-def resolve_dtype(name: str, device: torch.device, model=None) -> torch.dtype:
-    """"auto": float16 on GPU (bfloat16 for a diffusers folder whose family needs it, see
-    families.auto_gpu_dtype), float32 on CPU."""
-    if name == "auto":
-        return auto_gpu_dtype(model) if device.type == "cuda" else torch.float32
-    return getattr(torch, name)
-
-
-def backend_name(generator: Generator) -> str:
-    """The backend a generator runs its networks on (``"custom"`` when it does not say)."""
-    return str(getattr(generator, "backend", "custom"))
-
-
-def checked_latent_shape(generator: Generator, resolution: int) -> tuple[int, ...]:
-    """``generator.latent_shape(resolution)``, with a bad resolution or answer as GenerateError."""
-    try:
-        shape = tuple(int(d) for d in generator.latent_shape(resolution))
-    except ValueError as exc:
-        raise GenerateError(f"{generator.model_id}: {exc}") from exc
-    except TypeError as exc:
-        raise GenerateError(f"{generator.model_id}: latent_shape({resolution}) must return a tuple of ints ({exc})") from exc
-    return shape
-
-
-def checked_images(generator: Generator, output, expected: tuple[int, ...]) -> np.ndarray:
-    """The images of a generator's output, which must be uint8 [B, K, S, S, 3]; a generator
-    that breaks the rule is named in a GenerateError."""
-    images = getattr(output, "images", None)
-    if images is None:
-        raise GenerateError(f"generator {generator.model_id} returned a {type(output).__name__}, not a GenerationOutput(images)")
-    if not isinstance(images, np.ndarray) or images.shape != expected or images.dtype != np.uint8:
-        raise GenerateError(
-            f"generator {generator.model_id} returned images of shape {getattr(images, 'shape', None)} and dtype "
-            f"{getattr(images, 'dtype', None)}; expected a uint8 numpy array of shape {expected} (B, K, save size, save size, 3)"
-        )
-    return images
+def resolve_options(config: GenerateConfig, generator: Generator) -> GenerateConfig:
+    """``config`` with the steps, guidance and scheduler ``generator`` will run with: the user's
+    steps and guidance, else ``families.generation_defaults``; the scheduler's class name (None
+    for a generator without a diffusers scheduler). dataset.json and every sample record these."""
+    steps, guidance = generation_defaults(generator)
+    scheduler = getattr(generator, "scheduler", None)
+    return replace(
+        config,
+        steps=steps if config.steps is None else config.steps,
+        guidance=guidance if config.guidance is None else config.guidance,
+        scheduler=None if scheduler is None else type(scheduler).__name__,
+    )
 
 
 def _sample_metadata(config: GenerateConfig, pipe: Generator, caption: str, index: int) -> dict:
@@ -147,7 +122,7 @@ def _generate_shard(
     still_ours: Callable[[], bool] | None = None,
     lost: threading.Event | None = None,
 ) -> None:
-    """Generate one shard, B captions per call, and commit it (see shard_writer.py). Dynamic claims:
+    """Generate one shard, B captions per call, and commit it (see writer.py). Dynamic claims:
     ``lost`` (set by the heartbeat) stops the shard between batches, ``still_ours`` is asked
     before publishing."""
     out = config.out
@@ -243,7 +218,7 @@ def generate(config: GenerateConfig) -> GenerateSummary:
         first = rank * num_shards // world_size
         candidates = list(range(first, num_shards)) + list(range(first))
     listed = storage.list_files(out)  # one listing; only shards with a done marker are read
-    todo = [s for s in candidates if shard_stem(s) + DONE_SUFFIX not in listed or not is_done(out, s)]
+    todo = [s for s in candidates if not is_done(out, s, listed)]
 
     def size_of(shard_list: list[int]) -> int:
         return sum(len(_shard_captions(s, config.shard_size, len(captions))) for s in shard_list)
@@ -269,7 +244,7 @@ def generate(config: GenerateConfig) -> GenerateSummary:
                     if not is_done(out, shard):  # unless another process finished it meanwhile
                         run(shard)
         else:
-            for claim in claim_shards(board, todo, lambda s: is_done(out, s)):
+            for claim in claim_shards(board, todo):
                 summary.takeovers += claim.generation > 0
                 if is_done(out, claim.shard):  # finished by the holder it was taken from
                     continue

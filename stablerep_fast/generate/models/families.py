@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import inspect
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from stablerep_fast.generate.config import GenerateConfig, GenerateError
+from stablerep_fast.errors import GenerateError
 
 # The recipe's sampler and guidance (StableRep: SD 1.5, DDIM 50 steps, w = 2).
 RECIPE_STEPS, RECIPE_GUIDANCE, RECIPE_SCHEDULER = 50, 2.0, "DDIMScheduler"
@@ -89,6 +89,14 @@ CLASS_FAMILIES = {
 def tensorrt_families() -> str:
     """The families the TensorRT backend covers, for messages."""
     return ", ".join(f.description for f in FAMILIES.values() if f.tensorrt)
+
+
+def unsupported_backends(family: Family | None) -> dict[str, str]:
+    """The backends ``family``'s networks cannot run on -> why, in one line (what
+    ``runtime.backends.resolve_backend`` takes); None: the SD 1.x/2.x families, which run on all."""
+    if family is None or family.tensorrt:
+        return {}
+    return {"tensorrt": f"TensorRT engines cover {tensorrt_families()}, not {family.description}"}
 
 
 def _read_json(path: Path) -> dict:
@@ -162,20 +170,6 @@ def generation_defaults(generator) -> tuple[int, float]:
     ``default_steps``/``default_guidance`` (the diffusers generators set them from their family),
     else the recipe's (50, 2.0), which a generator without a denoising loop ignores."""
     return int(getattr(generator, "default_steps", RECIPE_STEPS)), float(getattr(generator, "default_guidance", RECIPE_GUIDANCE))
-
-
-def resolve_options(config: GenerateConfig, generator) -> GenerateConfig:
-    """``config`` with the steps, guidance and scheduler ``generator`` will run with: the user's
-    steps and guidance, else ``generation_defaults``; the scheduler's class name (None for a
-    generator without a diffusers scheduler). dataset.json and every sample record these."""
-    steps, guidance = generation_defaults(generator)
-    scheduler = getattr(generator, "scheduler", None)
-    return replace(
-        config,
-        steps=steps if config.steps is None else config.steps,
-        guidance=guidance if config.guidance is None else config.guidance,
-        scheduler=None if scheduler is None else type(scheduler).__name__,
-    )
 
 
 # Families whose T5 text encoder overflows in float16 (inf, then NaN images): bfloat16 on GPU.

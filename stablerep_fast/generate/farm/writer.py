@@ -25,9 +25,8 @@ from PIL import Image
 
 from stablerep_fast import shards, storage
 from stablerep_fast.atomic import file_lock, is_temp
-from stablerep_fast.errors import LockError, OutputError
-from stablerep_fast.generate.claims import ClaimLost
-from stablerep_fast.generate.config import GenerateError
+from stablerep_fast.errors import GenerateError, LockError, OutputError
+from stablerep_fast.generate.farm.claims import ClaimLost
 
 PIL_FORMATS = {"jpg": "JPEG", "png": "PNG"}
 
@@ -160,23 +159,28 @@ def check_output_folder(out: storage.Location, record: dict) -> None:
     record = json.loads(json.dumps(record))  # compare as it reads back
     if has_dataset:
         _check_dataset_json(out, record)
-    vouched = {shards.DATASET_FILE}  # stems of shards whose done marker records this configuration
-    for name in sorted(n for n in names if n.endswith(shards.DONE_SUFFIX) and shards.is_package_file(n)):
+    vouched = set()  # shards whose done marker records this configuration
+    for shard in shards.listed_shards(names, shards.DONE_SUFFIX):
+        marker = shards.shard_file(out, shard, shards.DONE_SUFFIX)
         try:
-            made_with = shards.read_done(shards.in_folder(out, name)).get("dataset")
+            made_with = shards.read_done(marker).get("dataset")
         except (OSError, ValueError):
             continue  # a damaged marker: its shard is not done, and is redone by its owner
         if made_with is None and has_dataset:
             continue  # written before done markers recorded the configuration; dataset.json vouches for it
         if made_with != record:
             diff = _diff(made_with, record) if isinstance(made_with, dict) else "not recorded in it"
-            raise GenerateError(f"{shards.in_folder(out, name)} belongs to a dataset made with another configuration ({diff}); "
-                                "use another --out")  # fmt: skip
-        vouched.add(name.split(".", 1)[0])
+            raise GenerateError(f"{marker} belongs to a dataset made with another configuration ({diff}); use another --out")
+        vouched.add(shard)
     if has_dataset:
         return
-    foreign = sorted(n for n in names if not (shards.is_package_file(n) and (
-        is_temp(n) or n.endswith(shards.LOCK_SUFFIX) or shards.parse_claim_name(n) or n.split(".", 1)[0] in vouched)))  # fmt: skip
+
+    def vouched_for(name: str) -> bool:  # a temporary file, a lock, a claim, or a file of a vouched shard
+        parsed = shards.parse_shard_name(name)
+        return is_temp(name) or shards.parse_claim_name(name) is not None or (
+            parsed is not None and (parsed[1] == shards.LOCK_SUFFIX or parsed[0] in vouched))  # fmt: skip
+
+    foreign = sorted(n for n in names if not (shards.is_package_file(n) and vouched_for(n)))
     if foreign:
         raise OutputError(f"--out {out} holds files stablerep-fast did not write or cannot vouch for "
                           f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}) and no dataset.json; "

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 from stablerep_fast import shards, storage
 from stablerep_fast.errors import DataError
-from stablerep_fast.generate.claims import Claim, latest_generations
+from stablerep_fast.generate.farm.claims import Claim, latest_generations
 
 
 @dataclass
@@ -36,7 +36,7 @@ class FarmStatus:
     shards_claimed: int  # held by a live claim, not done
     shards_left: int  # neither done nor held (expired claims included)
     expired_claims: list[dict]  # {shard, host, pid, holder, age}: claims whose lease ran out, shard not done
-    damaged: list[int]  # shards whose done marker cannot be read
+    damaged: list[int]  # shards whose done marker cannot be read or whose tar has another size
     captions_total: int
     captions_done: int
     images_total: int
@@ -60,22 +60,7 @@ def farm_status(folder: storage.Location, *, interval: float = 600.0, now: float
     num_shards = int(dataset.get("num_shards") or 0)
     k = int(dataset["images_per_caption"])
     files = storage.list_files(folder)
-
-    done_names = [n for n in files if n.endswith(shards.DONE_SUFFIX) and shards.is_package_file(n)]
-    contents = storage.read_many([storage.join(folder, n) for n in done_names])
-    done: dict[int, dict] = {}
-    damaged = []
-    for name in done_names:
-        shard = int(name[len(shards.SHARD_PREFIX) :].split(".")[0])
-        try:
-            record = json.loads(contents[storage.join(folder, name)])
-            if not isinstance(record, dict) or files.get(shards.shard_stem(shard) + shards.TAR_SUFFIX, (None,))[0] != record.get("bytes"):
-                raise ValueError
-        except (ValueError, TypeError):
-            damaged.append(shard)
-            continue
-        done[shard] = record
-
+    done, damaged = shards.done_shards(folder, files)
     latest = latest_generations(list(files))
     pending = {s: g for s, g in latest.items() if s not in done}
     claim_locations = {s: storage.join(folder, shards.claim_name(s, g)) for s, g in pending.items()}

@@ -13,8 +13,7 @@ from collections.abc import Mapping
 
 import torch
 
-from stablerep_fast.errors import env_int
-from stablerep_fast.generate.config import GenerateError
+from stablerep_fast.errors import GenerateError, env_int
 
 # (world size, rank, local rank) variables, in the order they are looked for.
 LAUNCHERS = (

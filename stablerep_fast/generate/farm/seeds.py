@@ -2,7 +2,8 @@
 
 Every image's starting point comes from its own ``torch.Generator`` seeded from a hash of the
 three integers, drawn on the CPU, so an image is the same whatever the batch size, the world
-size, the rank, the device or how often the run was resumed.
+size, the rank, the device or how often the run was resumed. (A stochastic sampler's step
+noise follows from each image's initial noise: ``models/protocol.step_generators``.)
 """
 
 from __future__ import annotations
@@ -59,17 +60,3 @@ def initial_noise(
         anchors = torch.stack([_normal(noise_seed(seed, i, ANCHOR), shape) for i in caption_indices])
         noise = (anchors.unsqueeze(1) + latent_std * noise) / math.sqrt(1.0 + latent_std**2)
     return noise
-
-
-def step_generators(latents: torch.Tensor) -> list[torch.Generator]:
-    """One CPU ``torch.Generator`` per image for a stochastic sampler's noise (LCM, ancestral
-    Euler, DDIM with eta > 0), seeded from a hash of the image's initial noise ``latents[i]``
-    (float32, one image per row): that noise depends only on (seed, caption, k), so the
-    sampler's draws do too, whatever the batch."""
-    rows = latents.detach().to("cpu", torch.float32).contiguous().reshape(latents.shape[0], -1)
-    return [
-        torch.Generator("cpu").manual_seed(
-            int.from_bytes(hashlib.blake2b(row.numpy().tobytes(), digest_size=8).digest(), "little") >> 1
-        )
-        for row in rows
-    ]
