@@ -12,11 +12,11 @@ from stablerep_fast._deps import require_extra
 
 require_extra("eval")  # before the imports that need it: one line, not a traceback
 
-from stablerep_fast.eval.data import ProbeData, load_probe_data
+from stablerep_fast.eval.data import load_probe_data
 from stablerep_fast.eval.features import extract_features
 from stablerep_fast.eval.probe import METHODS, ProbeResult, knn_accuracy, linear_probe
 from stablerep_fast.eval.run import ProbeConfig, evaluate, probe_checkpoint
-from stablerep_fast.eval.splits import Split
+from stablerep_fast.eval.splits import ProbeData, Split
 
 __all__ = [
     "METHODS",

@@ -7,7 +7,6 @@ or features (float [N, D]) already computed, with int64 labels.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,27 +14,12 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from stablerep_fast.errors import DataError
-from stablerep_fast.eval.splits import Split, check_splits, stratified_split
+from stablerep_fast.eval.splits import ProbeData, Split, check_splits
 
 log = logging.getLogger("stablerep_fast.eval")
 
 TRAIN_DIRS, TEST_DIRS = ("train",), ("val", "test")
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
-
-
-@dataclass
-class ProbeData:
-    train: Split
-    test: Split
-    class_names: tuple[str, ...]
-    skipped: list[str] = field(default_factory=list)  # unreadable image files, left out
-
-    def validation_split(self, fraction: float = 0.2, seed: int = 0) -> ProbeData:
-        """The training split alone, cut (stratified) into a smaller training split and, in place
-        of the test split, a validation split: for choosing settings without seeing test images."""
-        fit, val = (rows.numpy() for rows in stratified_split(torch.as_tensor(self.train.y), fraction, seed))
-        pick = lambda rows: Split(self.train.x[rows], self.train.y[rows])  # noqa: E731
-        return ProbeData(pick(fit), pick(val), self.class_names, self.skipped)
 
 
 def load_probe_data(source: str, *, image_size: int = 64, per_class: int = 100, seed: int = 0) -> ProbeData:

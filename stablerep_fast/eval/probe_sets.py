@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from stablerep_fast._deps import require_extra
-from stablerep_fast.eval.data import ProbeData
-from stablerep_fast.eval.splits import Split, stratified_split
+from stablerep_fast.eval.splits import ProbeData, Split, stratified_split
 from stablerep_fast.generate.models.protocol import to_uint8_images
 from stablerep_fast.generate.models.shapes import LATENT_DIM, VOCABULARY, Attributes, render
 

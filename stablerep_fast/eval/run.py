@@ -11,10 +11,10 @@ from pathlib import Path
 
 from torch import nn
 
-from stablerep_fast.eval.data import ProbeData, load_probe_data
+from stablerep_fast.eval.data import load_probe_data
 from stablerep_fast.eval.features import extract_features
 from stablerep_fast.eval.probe import knn_accuracy, linear_probe
-from stablerep_fast.eval.splits import Split
+from stablerep_fast.eval.splits import ProbeData, Split
 
 
 @dataclass

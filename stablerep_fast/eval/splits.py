@@ -1,13 +1,14 @@
 """Splits of labelled rows and what both the data sources and the classifiers check on them.
 
-``Split`` holds images or features with their labels; ``check_splits`` is the one check of a
+``Split`` holds images or features with their labels, ``ProbeData`` a train and a test split
+with the class names (what every probe source returns); ``check_splits`` is the one check of a
 train/test pair (labels are class numbers, one per row, finite features of one width);
 ``stratified_split`` carves a validation split from a training split, per class.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,6 +24,21 @@ class Split:
     @property
     def is_features(self) -> bool:
         return self.x.ndim == 2
+
+
+@dataclass
+class ProbeData:
+    train: Split
+    test: Split
+    class_names: tuple[str, ...]
+    skipped: list[str] = field(default_factory=list)  # unreadable image files, left out
+
+    def validation_split(self, fraction: float = 0.2, seed: int = 0) -> ProbeData:
+        """The training split alone, cut (stratified) into a smaller training split and, in place
+        of the test split, a validation split: for choosing settings without seeing test images."""
+        fit, val = (rows.numpy() for rows in stratified_split(torch.as_tensor(self.train.y), fraction, seed))
+        pick = lambda rows: Split(self.train.x[rows], self.train.y[rows])  # noqa: E731
+        return ProbeData(pick(fit), pick(val), self.class_names, self.skipped)
 
 
 def check_labels(y, where: str) -> np.ndarray:
