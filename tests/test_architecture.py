@@ -14,8 +14,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "stablerep_fast"
 
@@ -164,16 +162,6 @@ def test_the_graph_covers_the_package():
     assert all(edges <= GRAPH.keys() for edges in GRAPH.values())
 
 
-# Cycles outside generate/ that their stages still have to break, each as its set of modules.
-KNOWN_CYCLES = [{"stablerep_fast.eval.data", "stablerep_fast.eval.probe_sets"}]
-
-
-def test_no_import_cycle_but_the_known_ones():
-    cycles = [cycle for cycle in find_cycles(GRAPH) if set(cycle) not in KNOWN_CYCLES]
-    assert not cycles, f"import cycles (each shown once):\n{describe(cycles)}"
-
-
-@pytest.mark.xfail(strict=False, reason="eval/data.py and eval/probe_sets.py import each other (KNOWN_CYCLES)")
 def test_no_import_cycle():
     cycles = find_cycles(GRAPH)
     assert not cycles, f"import cycles (each shown once):\n{describe(cycles)}"
