@@ -13,13 +13,11 @@ import platform
 import time
 
 from stablerep_fast.bench.farm import COLUMNS, TITLE, run_farm_simulation
+from stablerep_fast.bench.report import format_table
 
 if __name__ == "__main__":
     started = time.perf_counter()
     records = run_farm_simulation()
     print(f"{TITLE}\n{platform.node()} ({platform.processor() or platform.machine()}), "
           f"{time.strftime('%Y-%m-%d', time.gmtime())}, {time.perf_counter() - started:.1f} s\n")  # fmt: skip
-    print("| " + " | ".join(COLUMNS) + " |")
-    print("|" + "---|" * len(COLUMNS))
-    for record in records:
-        print("| " + " | ".join(str(record[c]) for c in COLUMNS) + " |")
+    print(format_table(records, COLUMNS, markdown=True))

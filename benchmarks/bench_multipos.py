@@ -1,13 +1,16 @@
 """Forward + backward of the multi-positive loss, every backend vs the dense reference.
 
-A thin wrapper over the loss suite of ``stablerep-fast bench`` (one harness for every
-benchmark); extra flags pass through, e.g.
+``run_bench(["loss"])`` of the bench harness (one harness for every benchmark), with the
+bench's flags but --suite and --validate, e.g.
     python benchmarks/bench_multipos.py --device cuda --dtypes bfloat16 --json out.json
 """
 
-import sys
+import argparse
 
-from stablerep_fast.cli import main
+from stablerep_fast.bench import run_bench
+from stablerep_fast.bench.__main__ import add_arguments, bench_options
 
 if __name__ == "__main__":
-    sys.exit(main(["bench", "--suite", "loss", *sys.argv[1:]]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser, suite_flags=False)
+    run_bench(["loss"], **bench_options(parser.parse_args()))

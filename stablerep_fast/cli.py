@@ -1,86 +1,30 @@
-"""``stablerep-fast``: the only place that parses command-line arguments.
+"""``stablerep-fast``: the package's command line.
 
-Subcommands are added by the stages that implement them; today: ``bench``, ``generate``,
-``farm-status``, ``train``, ``probe``, ``demo``.
+Each subcommand turns its flags into one call of its stage's library function and prints what
+that returns: ``bench`` (whose flags are the bench's own command line, bench/__main__.py),
+``generate``, ``farm-status``, ``train``, ``probe``, ``demo``. With ``python -m
+stablerep_fast.bench``, the only code that parses argv.
 """
 
 from __future__ import annotations
 
 import argparse
-import errno
 import functools
 import json
 import os
 import sys
 from pathlib import Path
 
+from stablerep_fast._command import csv_list, run_command
 from stablerep_fast._deps import MissingExtraError
-from stablerep_fast.errors import StableRepError
-
-
-
-def _csv(kind):
-    def parse(text: str) -> list:
-        try:
-            return [kind(item) for item in text.split(",") if item]
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list: {exc}") from exc
-
-    return parse
-
-
-def _family_steps(text: str) -> tuple[str, int]:
-    """"sd-turbo:4" -> ("sd-turbo", 4)."""
-    family, _, steps = text.partition(":")
-    return family, int(steps)
 
 
 def _add_bench(subparsers) -> None:
+    from stablerep_fast.bench.__main__ import add_arguments, run
+
     p = subparsers.add_parser("bench", help="measure every stage against its baseline and physical floor")
-    p.add_argument("--suite", type=_csv(str), default=None,
-                   help="comma list of loss,generate,data,train (default: every suite that can run here)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
-    p.add_argument("--quick", action="store_true", help="small sweeps: a few minutes on a 2-core CPU (loss still at N = 8192)")
-    p.add_argument("--validate", action="store_true",
-                   help="check this machine in one go: extension build, gpu tests, every suite at fixed sizes within "
-                        "time budgets (under 8 minutes on an H100/H200; small sizes on CPU); JSON + markdown table")  # fmt: skip
-    p.add_argument("--json", type=Path, default=None,
-                   help="write the records (a JSON list) to this file (--validate: default validate-DEVICE.json, and .md beside it)")  # fmt: skip
-    p.add_argument("--plot", type=Path, default=None, metavar="DIR", help="write PNG charts here (needs matplotlib)")
-    p.add_argument("--repeats", type=int, default=None, help="timed repetitions per case (every suite)")
-    p.add_argument("--sizes", type=_csv(int), default=None, help="loss: N values")
-    p.add_argument("--dims", type=_csv(int), default=None, help="loss: D values")
-    p.add_argument("--dtypes", type=_csv(str), default=None, help="loss: dtypes, e.g. float32,bfloat16")
-    p.add_argument("--backends", type=_csv(str), default=None, help="loss: backends (default: all available)")
-    p.add_argument("--generate-backends", type=_csv(str), default=None,
-                   help="generate: eager,compile,tensorrt,shapes (default: all that run here; compile on CPU only by name)")
-    p.add_argument("--generate-families", type=_csv(_family_steps), default=None, metavar="FAMILY:STEPS,...",
-                   help="generate: few-step families timed next to SD 1.5, e.g. sd-turbo:1,sd-turbo:4 (default on GPU)")  # fmt: skip
-    p.add_argument("--sd-model", default=None,
-                   help="generate: a diffusers folder or checkpoint (default: random weights, SD 1.5 layout on GPU, tiny on CPU)")
-    p.add_argument("--loaders", type=_csv(str), default=None, help="data: loader backends, dali,torch (default: installed ones)")
-    p.add_argument("--workers", type=_csv(int), default=None, help="data: worker counts, e.g. 1,2,4")
-    p.set_defaults(func=_run_bench)
-
-
-def _run_bench(args: argparse.Namespace) -> int:
-    from stablerep_fast.bench import run_bench
-    from stablerep_fast.bench.run import resolve_device
-    from stablerep_fast.bench.validate import validate
-
-    if args.validate:
-        device = resolve_device(args.device)  # BenchError (a ValueError): one line from main
-        summary = [r for r in validate(device, args.json or Path(f"validate-{device}.json")) if r["suite"] == "validate"]
-        return 1 if any(r["status"] in ("failed", "timeout") for r in summary) else 0
-
-    overrides = {
-        "loss": dict(sizes=args.sizes, dims=args.dims, dtypes=args.dtypes, backends=args.backends),
-        "generate": dict(backends=args.generate_backends, sd_model=args.sd_model, few_step=args.generate_families),
-        "data": dict(backends=args.loaders, workers=args.workers),
-    }
-    run_bench(args.suite, args.device, quick=args.quick, repeats=args.repeats, overrides=overrides,
-              json_path=args.json, plot_dir=args.plot)  # fmt: skip
-    return 0
+    add_arguments(p)
+    p.set_defaults(func=run)
 
 
 def _add_generate(subparsers) -> None:
@@ -245,7 +189,7 @@ def _add_probe(subparsers) -> None:
     p.add_argument("--data", required=True, help="ImageFolder tree (train/ + val/), a .npz, or shapes[:ATTRIBUTE]")
     p.add_argument("--checkpoint", type=Path, default=None, help="a `train` checkpoint (not needed for a features .npz)")
     p.add_argument("--method", choices=METHODS, default=d.method, help="lbfgs: fast full-batch; sgd: the paper's protocol")
-    p.add_argument("--sweep", type=_csv(float), default=None, help="learning rates (sgd) or L2 strengths (lbfgs)")
+    p.add_argument("--sweep", type=csv_list(float), default=None, help="learning rates (sgd) or L2 strengths (lbfgs)")
     p.add_argument("--epochs", type=int, default=d.epochs, help="sgd epochs")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--knn-k", type=int, default=d.knn_k)
@@ -276,7 +220,7 @@ def _add_demo(subparsers) -> None:
     p = subparsers.add_parser("demo", help="shapes data -> multi-positive vs SimCLR vs random init, on a CPU in minutes")
     p.add_argument("--out", type=Path, required=True, help="output folder: data, runs, results.json, probe_vs_step.png")
     p.add_argument("--quick", action="store_true", help="a reduced run (under a minute) for CI")
-    p.add_argument("--seeds", type=_csv(int), default=None, help="comma list, e.g. 0,1,2: mean +- std over seeds (default 0)")
+    p.add_argument("--seeds", type=csv_list(int), default=None, help="comma list, e.g. 0,1,2: mean +- std over seeds (default 0)")
     p.add_argument("--steps", type=int, default=None, help=f"training steps per encoder (default {d.recipe.steps})")
     p.add_argument("--captions", type=int, default=None, help=f"captions to generate (default {d.captions})")
     p.add_argument("--validation", action="store_true", help="probe on a split of the probe's training images (choosing settings)")
@@ -330,39 +274,7 @@ def _raise(exc: Exception, args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``stablerep-fast`` console script. A problem with the user's input or
     environment is one line on stderr (what, where, what to do) and exit code 2."""
-    parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    if unknown and not getattr(args, "takes_any_arguments", False):
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    try:
-        return args.func(args)
-    except (StableRepError, ValueError, MissingExtraError) as exc:  # MissingExtraError: a stage imported lazily
-        message = str(exc)
-    except OSError as exc:  # the library's own (a message, no errno) or the system's
-        message = str(exc) if exc.errno is None else describe_os_error(exc)
-    print("error: " + " ".join(message.split()), file=sys.stderr)
-    return 2
-
-
-# What to do about an operating-system error, by errno.
-OS_ERROR_ADVICE = {
-    errno.ENOSPC: "free some space or write elsewhere; re-running resumes",
-    errno.EDQUOT: "free some space or write elsewhere; re-running resumes",
-    errno.EACCES: "check its permissions or write elsewhere",
-    errno.EPERM: "check its permissions or write elsewhere",
-    errno.EROFS: "the file system is read-only: write elsewhere",
-    errno.EEXIST: "a file stands where a folder is needed: choose another path",
-    errno.ENOTDIR: "a file stands where a folder is needed: choose another path",
-    errno.EISDIR: "a folder stands where a file is needed: choose another path",
-}
-
-
-def describe_os_error(exc: OSError) -> str:
-    """One line for an OSError: what failed, on which path, what to do."""
-    what = exc.strerror or str(exc)
-    where = f": {exc.filename}" if exc.filename else ""
-    advice = OS_ERROR_ADVICE.get(exc.errno, "check the path")
-    return f"{what}{where}; {advice}"
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

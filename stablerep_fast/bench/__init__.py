@@ -11,9 +11,11 @@ title and table columns:
 
 ``run_bench`` (run.py) runs suites and writes tables, JSON and charts; ``validate`` (validate.py)
 is the one-command check of a machine; ``run_suite`` (suites.py) runs one suite with its
-defaults and overrides; ``environment()`` describes the machine; ``format_suite`` prints
-records for people; ``plot.plot_records`` draws them. The suites need their stage's extra
-(``pip install 'stablerep_fast[all]'``); one whose stage is not installed is recorded as skipped.
+defaults and overrides; ``environment()`` describes the machine; ``format_suite`` and
+``format_table`` (text or markdown) print records for people; ``plot.plot_records`` draws them.
+The command line (``__main__.py``) only turns flags into a ``run_bench`` or ``validate`` call.
+The suites need their stage's extra (``pip install 'stablerep_fast[all]'``); one whose stage is
+not installed is recorded as skipped.
 """
 
 from __future__ import annotations

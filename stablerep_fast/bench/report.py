@@ -85,19 +85,23 @@ def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
-def format_table(records: list[dict], columns: list[str]) -> str:
-    """Records as an aligned text table (missing values shown as '-'); columns that are empty
-    in every record are left out."""
+def format_table(records: list[dict], columns: list[str], *, markdown: bool = False) -> str:
+    """Records as a table (missing values shown as '-', floats to 3 significant digits); columns
+    that are empty in every record are left out. Aligned text, or with ``markdown`` a markdown
+    table (cells on one line, '|' written as '/')."""
 
     def cell(value) -> str:
         if value is None:
             return "-"
         if isinstance(value, float):
             return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
-        return str(value)
+        return str(value).replace("|", "/").replace("\n", " ") if markdown else str(value)
 
     columns = [c for c in columns if any(r.get(c) is not None for r in records)] or columns
     rows = [columns] + [[cell(r.get(c)) for c in columns] for r in records]
+    if markdown:
+        lines = ["| " + " | ".join(row) + " |" for row in rows]
+        return "\n".join([lines[0], "|" + "---|" * len(columns), *lines[1:]])
     widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     return "\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in rows)
 

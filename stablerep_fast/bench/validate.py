@@ -110,6 +110,7 @@ def validate(
 
 def markdown(document: dict) -> str:
     """The validation as markdown: the stages, then each suite's measured and skipped records."""
+    from stablerep_fast.bench.report import format_table
     from stablerep_fast.bench.suites import SUITE_TABLE
 
     lines = [f"# Validation on {document['device']}: {document['seconds']} s (budget {document['budget_s']} s)", ""]
@@ -117,7 +118,7 @@ def markdown(document: dict) -> str:
     if env:
         lines += [f"GPU {env.get('gpu') or 'none'}; torch {env.get('torch')}, triton {env.get('triton')}, "
                   f"Python {env.get('python')}; extension {json.dumps(env.get('extension'))}", ""]  # fmt: skip
-    lines += _md_table(document["stages"], TABLE_COLUMNS)
+    lines.append(format_table(document["stages"], TABLE_COLUMNS, markdown=True))
     for name, suite in SUITE_TABLE.items():
         rows = [r for r in document["records"] if r.get("suite") == name]
         if not rows:
@@ -125,22 +126,9 @@ def markdown(document: dict) -> str:
         lines += ["", f"## {suite.title}", ""]
         measured = [r for r in rows if not r.get("skipped")]
         if measured:
-            lines += _md_table(measured, [c for c in suite.columns if any(r.get(c) is not None for r in measured)])
+            lines.append(format_table(measured, suite.columns, markdown=True))
         lines += [f"- skipped {r['backend']}: {r['skipped']}" for r in rows if r.get("skipped")]
     return "\n".join(lines) + "\n"
-
-
-def _md_table(rows: list[dict], columns: list[str]) -> list[str]:
-    def cell(value) -> str:
-        if value is None:
-            return "-"
-        if isinstance(value, float):
-            return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
-        return str(value).replace("|", "/").replace("\n", " ")
-
-    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + [
-        "| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows
-    ]
 
 
 def _say(text: str) -> None:
