@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-from stablerep_fast.bench.report import error_text, missing_stage, set_speedup, skipped
+from stablerep_fast.bench.report import missing_stage, set_speedup, skipped
 from stablerep_fast.bench.timing import time_fn
+from stablerep_fast.errors import first_line
 from stablerep_fast.shards import is_dataset
 
 TITLE = "data: images/s of build_loader (decode + StableRep augmentations + batch on the device)"
@@ -132,7 +133,7 @@ def run_data_suite(
                     record.update(_measure(data, backend, n, dev, captions_per_batch=captions_per_batch,
                                            images_per_caption=images_per_caption, image_size=image_size, repeats=repeats))  # fmt: skip
                 except Exception as exc:  # noqa: BLE001 - one loader's failure is its record's
-                    record.update(ms=None, error=error_text(exc))
+                    record.update(ms=None, error=first_line(exc))
                 if dev.type == "cuda" and record.get("throughput"):
                     record["target_frac"] = record["throughput"] / GPU_TARGET_IMAGES_PER_S
                 measured.append(record)

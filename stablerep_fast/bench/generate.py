@@ -30,8 +30,9 @@ from pathlib import Path
 
 import torch
 
-from stablerep_fast.bench.report import error_text, missing_stage, set_speedup, skipped
+from stablerep_fast.bench.report import missing_stage, set_speedup, skipped
 from stablerep_fast.bench.timing import peak_memory_mb, tensor_core_peak, time_fn
+from stablerep_fast.errors import first_line
 
 TITLE = "generate: images/s of the text-to-image pipeline per backend"
 COLUMNS = ["backend", "model", "dtype", "batch", "steps", "guidance", "resolution", "ms", "throughput", "unet_step_ms",
@@ -163,7 +164,7 @@ def _sd_records(device: torch.device, dtype: str, names, sd_model, settings: dic
                                                        resolution=settings["resolution"], device=device, repeats=repeats)  # fmt: skip
                 sd15 = model_id == "sd15-random" or _is_sd15(pipe.unet)
             except Exception as exc:  # noqa: BLE001 - a backend's failure is its record's, not the suite's
-                record.update(ms=None, error=error_text(exc))
+                record.update(ms=None, error=first_line(exc))
                 continue
             finally:
                 pipe = None
@@ -234,7 +235,7 @@ def _few_step_records(device: torch.device, dtype: str, names: list[str], few_st
                 counting = None
             except Exception as exc:  # noqa: BLE001 - a family's failure is its records', not the suite's
                 records += [dict(suite="generate", backend=name, device=device.type, dtype=dtype, model=f"{family}-random",
-                                 steps=s, guidance=guidance, ms=None, error=error_text(exc))
+                                 steps=s, guidance=guidance, ms=None, error=first_line(exc))
                             for name in names for f, s in few_step if f == family]  # fmt: skip
                 continue
             for name in names:
@@ -253,7 +254,7 @@ def _few_step_records(device: torch.device, dtype: str, names: list[str], few_st
                                                         output_size=settings["output_size"], device=device,
                                                         repeats=repeats))  # fmt: skip
                     except Exception as exc:  # noqa: BLE001
-                        record.update(ms=None, error=error_text(exc))
+                        record.update(ms=None, error=first_line(exc))
                         continue
                     if peak is not None:
                         record["floor_frac"] = record["throughput"] / (peak / flops[steps])

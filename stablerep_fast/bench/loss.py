@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from stablerep_fast.bench.report import error_text, set_speedup, skipped
+from stablerep_fast.bench.report import set_speedup, skipped
 from stablerep_fast.bench.timing import peak_memory_mb, tensor_core_peak, time_fn
+from stablerep_fast.errors import first_line
 from stablerep_fast.ops.dispatch import BACKENDS, unavailable_reason
 from stablerep_fast.ops.multipos import multipos_con_loss
 
@@ -96,7 +97,7 @@ def run_case(case: LossCase) -> dict:
         record["peak_mb"] = peak_memory_mb(step, device)
         timing = time_fn(step, device, warmup=case.warmup, repeats=case.repeats)
     except (torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as exc:
-        record.update(ms=None, error=error_text(exc))
+        record.update(ms=None, error=first_line(exc))
         return record
     record.update(ms=timing.median_ms, p10_ms=timing.p10_ms, p90_ms=timing.p90_ms)
     record["gflops"] = loss_flops(case.n, case.d) / (timing.median_ms * 1e-3) / 1e9

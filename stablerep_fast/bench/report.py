@@ -79,12 +79,6 @@ def missing_stage(*stages: str) -> str | None:
     return None
 
 
-def error_text(exc: BaseException) -> str:
-    """One line naming the exception (for a record's ``error``)."""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
-
-
 def format_table(records: list[dict], columns: list[str], *, markdown: bool = False) -> str:
     """Records as a table (missing values shown as '-', floats to 3 significant digits); columns
     that are empty in every record are left out. Aligned text, or with ``markdown`` a markdown

@@ -29,8 +29,9 @@ from pathlib import Path
 
 import torch
 
-from stablerep_fast.bench.report import error_text, missing_stage, set_speedup, skipped
+from stablerep_fast.bench.report import missing_stage, set_speedup, skipped
 from stablerep_fast.bench.timing import peak_memory_mb, time_fn
+from stablerep_fast.errors import first_line
 
 TITLE = "train: images/s of a training step, end to end vs the model alone"
 COLUMNS = ["backend", "model", "dtype", "image_size", "batch", "ms", "throughput", "peak_mb", "speedup",
@@ -137,7 +138,7 @@ def run_train_suite(
                         record["peak_mb"] = peak_memory_mb(fn, dev)
                 timing = time_fn(fn, dev, warmup=2, repeats=repeats)
             except Exception as exc:  # noqa: BLE001 - one variant's failure is its record's
-                record.update(ms=None, error=error_text(exc))
+                record.update(ms=None, error=first_line(exc))
                 continue
             record.update(ms=timing.median_ms, p90_ms=timing.p90_ms, throughput=n * m / (timing.median_ms * 1e-3))
     set_speedup(measured, "model")

@@ -168,9 +168,9 @@ def _child(stage: str, device: str, budget: float, result_path: str) -> None:
     try:
         result = STAGE_FUNCTIONS[stage](device, budget, save)
     except Exception as exc:  # noqa: BLE001 - a stage's failure is its record, the next stage still runs
-        from stablerep_fast.bench.report import error_text
+        from stablerep_fast.errors import first_line
 
-        result = {"status": "failed", "detail": error_text(exc)}
+        result = {"status": "failed", "detail": first_line(exc)}
     save(result)
 
 
