@@ -80,18 +80,7 @@ def _run_generate(args: argparse.Namespace) -> int:
 
     config = GenerateConfig(**{f.name: getattr(args, f.name) for f in fields(GenerateConfig)})
     _import_from_cwd()  # --model my_module:MyGenerator finds modules in the current folder
-    summary = generate(config)
-    if summary.duplicates:
-        print(f"note: {summary.duplicates} duplicate captions (kept, each with its own index)")
-    if summary.blanks:
-        print(f"note: {summary.blanks} blank or null captions in {config.captions} (skipped)")
-    if summary.takeovers or summary.lost:
-        print(f"note: {summary.takeovers} shards taken over from expired claims, {summary.lost} lost to a takeover")
-    print(
-        f"rank {summary.rank}/{summary.world_size}: {summary.images} images of {summary.captions} captions in "
-        f"{summary.shards_written} shards, {summary.seconds:.1f} s ({summary.images_per_second:.2f} images/s, "
-        f"{summary.model}, backend {summary.backend}); {summary.shards_skipped} shards already done -> {summary.out}"
-    )
+    print(generate(config).format(config.captions))
     return 0
 
 

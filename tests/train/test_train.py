@@ -127,3 +127,10 @@ def test_resolve_config_layers_preset_file_sets_then_settings(tmp_path):
                        (dict(sets=["steps"]), "FIELD=VALUE"), (dict(sets=["stepz=1"]), "stepz")):  # fmt: skip
         with pytest.raises(ConfigError, match=match):
             resolve_config("tiny", **bad)
+
+def test_summary_for_people_is_one_line(tmp_path):
+    from stablerep_fast.train import TrainSummary
+
+    summary = TrainSummary(out=tmp_path, step=12, images=96, seconds=4.0, losses=[5.0, 4.25], checkpoint=tmp_path / "c.pt")
+    assert summary.format() == f"step 12: 96 images in 4.0 s (24.0 images/s); last loss 4.2500 -> {tmp_path / 'c.pt'}"
+    assert "last loss nan" in replace(summary, losses=[]).format()

@@ -68,6 +68,20 @@ class GenerateSummary:
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
+    def format(self, captions: Path | str) -> str:
+        """For people: notes on the caption file ``captions`` and on taken-over claims, then the run in one line."""
+        lines = []
+        if self.duplicates:
+            lines.append(f"note: {self.duplicates} duplicate captions (kept, each with its own index)")
+        if self.blanks:
+            lines.append(f"note: {self.blanks} blank or null captions in {captions} (skipped)")
+        if self.takeovers or self.lost:
+            lines.append(f"note: {self.takeovers} shards taken over from expired claims, {self.lost} lost to a takeover")
+        lines.append(f"rank {self.rank}/{self.world_size}: {self.images} images of {self.captions} captions in "
+                     f"{self.shards_written} shards, {self.seconds:.1f} s ({self.images_per_second:.2f} images/s, "
+                     f"{self.model}, backend {self.backend}); {self.shards_skipped} shards already done -> {self.out}")  # fmt: skip
+        return "\n".join(lines)
+
 
 def resolve_options(config: GenerateConfig, generator: Generator) -> GenerateConfig:
     """``config`` with the steps, guidance and scheduler ``generator`` will run with: the user's

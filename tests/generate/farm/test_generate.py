@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from stablerep_fast.cli import main
-from stablerep_fast.generate import GenerateConfig, generate, initial_noise, noise_seed
+from stablerep_fast.generate import GenerateConfig, GenerateSummary, generate, initial_noise, noise_seed
 
 TINY_SD = ["--images-per-caption", "2", "--steps", "2", "--resolution", "32", "--save-size", "16", "--format", "png"]
 
@@ -153,3 +153,16 @@ def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 2
     assert stderr.strip().startswith("error: cannot read captions file") and "Traceback" not in stderr
+
+
+def test_summary_for_people_is_its_notes_then_one_line():
+    run = dict(out="out", rank=1, world_size=4, model="shapes", backend="eager", shards_written=3, shards_skipped=2,
+               captions=30, images=60, seconds=2.0, duplicates=0)  # fmt: skip
+    line = "rank 1/4: 60 images of 30 captions in 3 shards, 2.0 s (30.00 images/s, shapes, backend eager); 2 shards already done -> out"
+    assert GenerateSummary(**run).format("c.txt") == line
+    assert GenerateSummary(**{**run, "duplicates": 2}, blanks=1, lost=1).format("c.txt").splitlines() == [
+        "note: 2 duplicate captions (kept, each with its own index)",
+        "note: 1 blank or null captions in c.txt (skipped)",
+        "note: 0 shards taken over from expired claims, 1 lost to a takeover",
+        line,
+    ]
