@@ -1,13 +1,11 @@
-"""The shard format module and atomic writes: names, keys, the .idx round trip, done markers."""
+"""The shard format module: names, keys, the .idx round trip, done markers."""
 
 import json
-import os
-import threading
 
 import pytest
 
 from stablerep_fast import shards, storage
-from stablerep_fast.atomic import TEMP_SUFFIX, AtomicFile, atomic_write, is_temp
+from stablerep_fast.atomic import TEMP_SUFFIX
 
 
 def test_names_and_keys():
@@ -23,6 +21,7 @@ def test_names_and_keys():
             shards.caption_id(bad)
     name = shards.member_name(shards.sample_key(5), shards.image_ext(3, "jpg"))
     assert name == "000000005.3.jpg" and shards.split_member(f"some/dir/{name}") == ("000000005", "3.jpg")
+    assert shards.is_package_file("shard-000000.lock") and not shards.is_package_file("shard-000000.lock.bak")
 
 
 def test_index_round_trip(tmp_path):
@@ -90,61 +89,3 @@ def test_read_dataset_names_the_missing_file(tmp_path):
     assert not shards.is_dataset(tmp_path)
     (tmp_path / shards.DATASET_FILE).write_text(json.dumps({"images_per_caption": 3}))
     assert shards.is_dataset(tmp_path) and shards.read_dataset(tmp_path) == {"images_per_caption": 3}
-
-
-def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):
-    path = tmp_path / "f.bin"
-    assert atomic_write(path, b"one") and path.read_bytes() == b"one"
-    assert atomic_write(path, b"two") and path.read_bytes() == b"two"
-    with pytest.raises(RuntimeError):
-        with AtomicFile(path) as f:
-            f.write(b"half")
-            raise RuntimeError("killed mid-write")
-    assert path.read_bytes() == b"two" and sorted(os.listdir(tmp_path)) == ["f.bin"]
-    atomic = AtomicFile(path)
-    atomic.file.write(b"three")
-    assert is_temp(atomic.tmp) and atomic.tmp.parent == tmp_path and path.read_bytes() == b"two"
-    atomic.commit()
-    assert path.read_bytes() == b"three" and sorted(os.listdir(tmp_path)) == ["f.bin"]
-
-
-def test_exclusive_atomic_write_has_one_winner(tmp_path):
-    path = tmp_path / "once.json"
-    results = []
-    threads = [threading.Thread(target=lambda i=i: results.append((i, atomic_write(path, str(i).encode(), exclusive=True))))
-               for i in range(8)]  # fmt: skip
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    winners = [i for i, won in results if won]
-    assert len(winners) == 1 and path.read_text() == str(winners[0])
-    assert os.listdir(tmp_path) == ["once.json"]
-
-
-def test_a_removed_lock_file_is_never_held_twice(tmp_path):
-    """A waiter that locked the file its holder then removed starts again on the file now at the
-    path, so two holders never overlap (the shard lock removes its file when released)."""
-    import time
-
-    from stablerep_fast.atomic import file_lock
-
-    path, events = tmp_path / "shard-000000.lock", []
-
-    def worker(name: str, hold: float) -> None:
-        with file_lock(path, remove=True):
-            events.append(("in", name))
-            time.sleep(hold)
-            events.append(("out", name))
-
-    first = threading.Thread(target=worker, args=("first", 0.3))
-    first.start()
-    time.sleep(0.1)
-    others = [threading.Thread(target=worker, args=(f"w{i}", 0.05)) for i in range(3)]
-    for thread in others:
-        thread.start()
-    for thread in [first, *others]:
-        thread.join(10)
-    assert len(events) == 8 and all(events[i][0] == "in" and events[i + 1] == ("out", events[i][1]) for i in range(0, 8, 2))
-    assert not path.exists()
-    assert shards.is_package_file(path.name)

@@ -233,24 +233,6 @@ def test_a_rank_whose_claim_is_taken_over_stops_and_takes_the_shard_back_later(r
     assert _local(out) == _local(one)
 
 
-@pytest.mark.parametrize("kind", ["local", "file"])
-def test_exclusive_create_has_one_winner(tmp_path, kind):
-    target = tmp_path / "claim.json" if kind == "local" else f"file://{tmp_path}/claim.json"
-    wins, start = [], threading.Barrier(16)
-
-    def racer(i):
-        start.wait()
-        if storage.create(target, f"racer {i}".encode()):
-            wins.append(i)
-
-    threads = [threading.Thread(target=racer, args=(i,)) for i in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(wins) == 1 and storage.read_bytes(target) == f"racer {wins[0]}".encode()
-
-
 def test_two_folders_claims_never_mix(reference):
     """Claims live in their folder: a held claim in memory://farm/data blocks nothing in
     memory://farm/data2 (a name it prefixes), and that run writes nothing into data."""
