@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +30,12 @@ def temp_path(path: str | os.PathLike) -> Path:
 def is_temp(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a temporary file of this package (see ``temp_path``)."""
     return Path(path).name.endswith(TEMP_SUFFIX)
+
+
+def is_temp_of(name: str, target: str) -> bool:
+    """Whether a file named ``name`` is a temporary file of one named ``target`` (see ``temp_path``):
+    ``target.<pid>-<8 hex digits>.srf-tmp`` exactly, so no other file matches."""
+    return re.fullmatch(re.escape(target) + r"\.\d+-[0-9a-f]{8}" + re.escape(TEMP_SUFFIX), name) is not None
 
 
 class AtomicFile:

@@ -9,6 +9,7 @@ is the demo's recipe (the same ViT at 64 px);
 from __future__ import annotations
 
 import copy
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -105,6 +106,7 @@ class TrainConfig:
             (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}"),
             (self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be >= 1"),
             (self.stop_at is None or self.stop_at >= 1, f"stop_at must be >= 1, got {self.stop_at}"),
+            (0 <= self.seed < 2**63, f"seed must be in [0, 2**63), got {self.seed}"),
             (not (self.resume and self.overwrite), "resume and overwrite exclude each other: pick one"),
         ]
         for ok, message in checks:
@@ -148,7 +150,7 @@ def read_settings(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {path}: no such file")
     try:
-        values = yaml.safe_load(path.read_text())
+        values = yaml.load(path.read_text(), Loader=_YamlLoader)
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid YAML ({_one_line(exc)}); fix the file") from None
     if values is None:
@@ -164,9 +166,20 @@ def parse_override(item: str) -> tuple[str, object]:
     if not sep or not name.strip():
         raise ConfigError(f"--set expects FIELD=VALUE, got {item!r}")
     try:
-        return name.strip(), yaml.safe_load(text)
+        return name.strip(), yaml.load(text, Loader=_YamlLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {item!r}: the value is not valid YAML ({_one_line(exc)})") from None
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """yaml.safe_load, but reading floats as YAML 1.2 and Python do: ``1e-3`` is a float, not a string."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 def _one_line(exc: Exception) -> str:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Protocol
@@ -16,7 +17,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from stablerep_fast.errors import CheckpointError, OutputError, env_int
+from stablerep_fast.atomic import atomic_write
+from stablerep_fast.errors import CheckpointError, ConfigError, OutputError, env_int
 from stablerep_fast.ops import MultiPosConLoss, MultiPosConLossMM
 from stablerep_fast.train.checkpoint import (
     CHECKPOINT,
@@ -26,12 +28,10 @@ from stablerep_fast.train.checkpoint import (
     save_checkpoint,
     set_rng_states,
 )
-from stablerep_fast.train.config import ConfigError, TrainConfig
+from stablerep_fast.train.config import TrainConfig
 from stablerep_fast.train.model import StableRepModel, Tokenizer, build_model
 from stablerep_fast.train.optim import build_optimizer, build_scheduler
-
-LOG_FILE = "log.jsonl"
-CONFIG_FILE = "config.yaml"
+from stablerep_fast.train.run_folder import CONFIG_FILE, LOG_FILE, check_run_folder, hold_run_folder
 # Settings a resumed run must share with its checkpoint: the model's shape, and the batch
 # shape that the loader position and the loss depend on.
 RESUME_FIXED = ("model", "model_kwargs", "head_hidden", "head_dim", "text", "text_width", "text_layers", "text_heads",
@@ -81,11 +81,22 @@ def train(config: TrainConfig, loader: Loader | None = None) -> TrainSummary:
     loader: this rank's batches (see ``Loader``); None builds one from ``config.data``
             (stablerep_fast.data), whose caption texts come from the shards.
     """
-    # 1. Processes, device, seeds; the run folder and the run it may hold, checked before anything is written.
     owns_group = _init_distributed()
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    config.validate(world)
-    device = _device(config)
+    try:
+        # 1. Settings, device; the run folder checked, then held by rank 0 for the whole run.
+        config.validate(world)
+        device = _device(config)
+        check_run_folder(Path(config.out))
+        with _held_by_rank_zero(Path(config.out), rank, world):
+            return _run(config, loader, device, rank, world)
+    finally:
+        if owns_group:
+            dist.destroy_process_group()
+
+
+def _run(config: TrainConfig, loader: Loader | None, device: torch.device, rank: int, world: int) -> TrainSummary:
+    """``train`` in a held run folder: from the run it holds (or step 0) to ``stop_at``/``steps``."""
     out = Path(config.out)
     state = previous_run(config)  # None: start at step 0
     torch.manual_seed(config.seed)  # the same initial weights on every rank
@@ -101,7 +112,7 @@ def train(config: TrainConfig, loader: Loader | None = None) -> TrainSummary:
     scheduler = build_scheduler(optimizer, config)
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
 
-    # 3. Resume; only now, with every input read, is the run folder written.
+    # 3. Resume. The run folder gets the log from the first step on, config.yaml with each checkpoint.
     step = 0
     if state is not None:
         load_weights(model, state["model"], out / CHECKPOINT)
@@ -110,9 +121,6 @@ def train(config: TrainConfig, loader: Loader | None = None) -> TrainSummary:
         loader.load_state_dict(state["loader"])
         set_rng_states(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
         step = state["step"]
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        config.save(out / CONFIG_FILE)
 
     # 4. The loop.
     last = min(config.steps, config.stop_at or config.steps)
@@ -146,8 +154,6 @@ def train(config: TrainConfig, loader: Loader | None = None) -> TrainSummary:
     if skipped is not None and any(vars(skipped).values()):
         log.warning("rank %d: the loader skipped damaged data (%s); each case is named above", rank, skipped)
     seconds = time.perf_counter() - started
-    if owns_group:
-        dist.destroy_process_group()
     return TrainSummary(out, step, images_seen, seconds, [float(x) for x in losses],
                         out / CHECKPOINT if (out / CHECKPOINT).exists() else None)  # fmt: skip
 
@@ -160,10 +166,10 @@ def previous_run(config: TrainConfig) -> dict | None:
     batch shape differs from ``config`` is refused, and other changed settings are warned
     about (the run goes on, but is no longer an exact continuation)."""
     out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"run folder {out} is a file; choose a folder for --out")
     path = out / CHECKPOINT
     if not path.exists():
+        if config.resume:
+            log.warning("--resume: %s holds no %s, so this run starts at step 0", out, CHECKPOINT)
         return None
     if not config.resume:
         if config.overwrite:
@@ -211,9 +217,34 @@ def _forever(loader: Iterable) -> Iterator:
         yield from loader
 
 
+@contextmanager
+def _held_by_rank_zero(out: Path, rank: int, world: int) -> Iterator[None]:
+    """Rank 0 holds the run folder (``hold_run_folder``) while the block runs; when it cannot
+    (another process holds it, the folder cannot be created), every rank raises, so that no rank
+    is left waiting for a peer that stopped."""
+    with ExitStack() as held:
+        error = None
+        if rank == 0:
+            try:
+                held.enter_context(hold_run_folder(out))
+            except (OutputError, OSError) as exc:
+                error = exc
+        if world > 1:
+            message = [None if error is None else str(error)]
+            dist.broadcast_object_list(message, src=0)
+            if error is None and message[0] is not None:
+                error = OutputError(message[0])
+        if error is not None:
+            raise error
+        yield
+
+
 def _init_distributed() -> bool:
     """Join torchrun's process group (NCCL on GPU, gloo on CPU) unless one exists; True if created here."""
-    world, _, local_rank = (env_int(name, default) for name, default in (("WORLD_SIZE", 1), ("RANK", 0), ("LOCAL_RANK", 0)))
+    world, rank, local_rank = (env_int(name, default) for name, default in (("WORLD_SIZE", 1), ("RANK", 0), ("LOCAL_RANK", 0)))
+    if world < 1 or not 0 <= rank < world or local_rank < 0:
+        raise ConfigError(f"environment variables WORLD_SIZE={world}, RANK={rank}, LOCAL_RANK={local_rank} do not describe "
+                          "a process of a job (WORLD_SIZE >= 1, 0 <= RANK < WORLD_SIZE); unset them, or launch with torchrun")  # fmt: skip
     if dist.is_initialized() or world <= 1:
         return False
     if torch.cuda.is_available():
@@ -223,8 +254,20 @@ def _init_distributed() -> bool:
 
 
 def _device(config: TrainConfig) -> torch.device:
+    """``config.device``, or cuda when available; ConfigError for a device that is no torch
+    device or that this machine does not have."""
     if config.device is not None:
-        return torch.device(config.device)
+        try:
+            device = torch.device(config.device)
+        except RuntimeError:
+            raise ConfigError(f"device {config.device!r} is not a torch device; use cpu, cuda or cuda:INDEX") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {config.device!r}: no CUDA GPU is visible to torch here; use --device cpu, "
+                              "or leave it unset to take a GPU when there is one")  # fmt: skip
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            raise ConfigError(f"device {config.device!r}: this machine has {torch.cuda.device_count()} GPU(s); "
+                              "choose cuda:0 to cuda:N-1")  # fmt: skip
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
@@ -245,7 +288,8 @@ def _build_loader(config: TrainConfig, device: torch.device, rank: int, world: i
 
 def _checkpoint(out: Path, model: StableRepModel, optimizer, scheduler, loader, step: int, config: TrainConfig,
                 rank: int, world: int) -> None:  # fmt: skip
-    """Every rank's RNG states are gathered; rank 0 writes."""
+    """Every rank's RNG states are gathered; rank 0 writes the checkpoint, then config.yaml (its
+    settings), so config.yaml never describes a run that has no checkpoint."""
     rng = rng_states()
     states = [None] * world
     if world > 1:
@@ -257,14 +301,26 @@ def _checkpoint(out: Path, model: StableRepModel, optimizer, scheduler, loader, 
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "loader": loader.state_dict(), "rng": states, "step": step, "config": config.to_dict(),
         })  # fmt: skip
+        config.save(out / CONFIG_FILE)
+
+
+def _record_step(line: str) -> float:
+    """The step of a log line; infinity for a line that is not a record of this package."""
+    try:
+        step = json.loads(line).get("step")
+    except (ValueError, AttributeError):
+        return math.inf
+    return step if isinstance(step, int) else math.inf
 
 
 class _Logger:
-    """Rank 0's progress bar (images/s, loss), JSONL scalars and optional TensorBoard."""
+    """Rank 0's progress bar (images/s, loss), JSONL scalars and optional TensorBoard. The log
+    is opened after the first step (a run that fails before leaves the old log as it was): a new
+    run starts a new log, a resumed one keeps the records up to its checkpoint's step."""
 
     def __init__(self, out: Path, config: TrainConfig, rank: int, *, start: int, total: int):
-        self.every = config.log_every
-        self.file = open(out / LOG_FILE, "a" if start else "w")  # a new run (or --overwrite) starts a new log
+        self.every, self.path, self.start = config.log_every, out / LOG_FILE, start
+        self.file = None
         self.bar = tqdm(total=total, initial=start, unit="step", disable=not config.progress, dynamic_ncols=True)
         self.tb = None
         if config.tensorboard:
@@ -276,6 +332,8 @@ class _Logger:
         self.window_images, self.window_start = 0, time.perf_counter()
 
     def step(self, step: int, terms: dict, lr: float, images: int) -> None:
+        if self.file is None:
+            self.file = self._open()
         self.bar.update(1)
         self.window_images += images
         if step % self.every:
@@ -292,8 +350,19 @@ class _Logger:
                 if key != "step":
                     self.tb.add_scalar(f"train/{key}", value, step)
 
+    def _open(self):
+        """The log, for appending this run's records; a killed run's records past the resumed
+        checkpoint (and a line cut off by the kill) are dropped first."""
+        if not self.start or not self.path.exists():
+            return open(self.path, "w")
+        kept = [line for line in self.path.read_text().splitlines(keepends=True)
+                if line.endswith("\n") and _record_step(line) <= self.start]  # fmt: skip
+        atomic_write(self.path, "".join(kept).encode())
+        return open(self.path, "a")
+
     def close(self) -> None:
         self.bar.close()
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
         if self.tb is not None:
             self.tb.close()

@@ -111,7 +111,7 @@ def test_config_yaml_round_trip_and_errors(tmp_path):
 def test_checkpoint_is_written_atomically(micro_config):
     summary = train(replace(micro_config, steps=2), ListLoader([view_major_batch(4, 2, 16)]))
     files = sorted(p.name for p in Path(summary.out).iterdir())
-    assert files == ["checkpoint.pt", "config.yaml", "log.jsonl"]  # no temporary file left behind
+    assert files == ["checkpoint.pt", "config.yaml", "log.jsonl", "train.lock"]  # no temporary file left behind
     state = load_checkpoint(summary.checkpoint)
     assert {"model", "optimizer", "scheduler", "loader", "rng", "step", "config"} <= state.keys()
 
