@@ -129,4 +129,5 @@ def test_probe_checkpoint_probes_the_backbone_at_its_training_size(tmp_path):
     assert probe_checkpoint("shapes:colour", tmp_path / "c.pt", probe, per_class=3) == expected
     x, y = _blobs(20)
     np.savez(tmp_path / "f.npz", x_train=x[::2], y_train=y[::2], x_test=x[1::2], y_test=y[1::2])
-    assert probe_checkpoint(str(tmp_path / "f.npz")) == evaluate(None, load_probe_data(str(tmp_path / "f.npz")), ProbeConfig())
+    probe, features = ProbeConfig(sweep=(1e-2,)), str(tmp_path / "f.npz")
+    assert probe_checkpoint(features, config=probe) == evaluate(None, load_probe_data(features), probe)
