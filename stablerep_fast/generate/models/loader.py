@@ -25,6 +25,7 @@ from stablerep_fast.generate.models.protocol import Generator
 # Built-in generator name -> "module:attribute" of its class (instantiated with no arguments).
 BUILT_IN: dict[str, str] = {
     "shapes": "stablerep_fast.generate.models.shapes:ShapesPipeline",
+    "digits": "stablerep_fast.generate.models.digits:DigitsPipeline",
 }
 
 # "package.module:Attribute" (dots allowed on both sides), the form of --model for a plugin.
