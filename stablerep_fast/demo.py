@@ -204,7 +204,7 @@ def _method_configs(config: DemoConfig, seed: int, data: dict, out: Path) -> dic
         "multipos": replace(base, data=data["multipos"], out=str(out / "multipos"),
                             online={"captions": data["captions"], "resolution": config.resolution}),
         "simclr": replace(base, data=data["simclr"], images_per_caption=2, captions_per_batch=base.batch_images // 2,
-                          augment=config.simclr_augment, out=str(out / "simclr")),
+                          augment=config.simclr_augment, out=str(out / "simclr"), allow_copies=True),
     }  # fmt: skip
 
 

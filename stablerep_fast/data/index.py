@@ -2,7 +2,8 @@
 
 The format (names, members, .idx, done markers) is ``stablerep_fast.shards``'. ``open_index``
 takes a folder, a list of folders generated from the same captions with different seeds (their
-images are pooled per caption), or a brace pattern over folders or tars; each may be a path or
+images are pooled per caption; folders that hold the same images are refused, as their "positives"
+would be copies of each other), or a brace pattern over folders or tars; each may be a path or
 an fsspec URL (``stablerep_fast.storage``: s3://, gs://, file://, memory://). Images are byte ranges
 inside the tars, so a loader reads exactly the members it decodes; a sample's caption id comes
 from its key, so indexing reads no member at all when the shard has its .idx.
@@ -16,7 +17,7 @@ import logging
 import os
 import re
 import tarfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -25,6 +26,10 @@ from stablerep_fast import storage
 from stablerep_fast.errors import DataError
 
 log = logging.getLogger("stablerep_fast.data")
+
+# dataset.json fields that do not change which images a folder holds: the shard layout, and K
+# (image k of a caption depends only on the seed, the caption and k).
+LAYOUT_FIELDS = ("shard_size", "num_shards", "images_per_caption")
 
 
 class ShardError(DataError):
@@ -101,14 +106,20 @@ def expand_braces(pattern: str) -> list[str]:
     return [expanded for option in options for expanded in expand_braces(head + option + tail)]
 
 
-def open_index(shards: str | os.PathLike | Sequence[str | os.PathLike]) -> ShardIndex:
-    """Index ``shards`` (folder, list of folders, or brace pattern over folders or tars)."""
-    folders = _tars_by_folder(shards)
+def open_index(shards: str | os.PathLike | Sequence[str | os.PathLike], *, allow_copies: bool = False) -> ShardIndex:
+    """Index ``shards`` (folder, list of folders, or brace pattern over folders or tars).
+
+    allow_copies: pool folders that hold the same images (a folder and its copy: every caption's
+                  images twice, for a SimCLR-style baseline of two augmentations of one image);
+                  without it such folders, or a path given twice, are refused (DataError)."""
+    folders = _tars_by_folder(shards, allow_copies)
     by_caption: dict[int, Caption] = {}
     index = ShardIndex(captions=[], configs=[], shards=[])
     for folder, tars in folders.items():
         config = fmt.read_dataset(folder)
         _check_same_captions(index.configs, config, folder)
+        if not allow_copies:
+            _check_other_images(zip(folders, index.configs), config, folder)
         index.configs.append(config)
         for tar in tars:
             try:
@@ -132,12 +143,30 @@ def _check_same_captions(configs: list[dict], config: dict, folder: str) -> None
         raise ValueError(f"{folder} was generated from other captions than the folders before it (captions_sha256 differs)")
 
 
-def _tars_by_folder(shards) -> dict[str, list[str]]:
-    """The finished tars to read, grouped by the folder that holds their dataset.json."""
+def _check_other_images(earlier: Iterable[tuple[str, dict]], config: dict, folder: str) -> None:
+    """Refuse ``folder`` when an ``earlier`` (folder, dataset.json) holds the same images: the same
+    dataset.json but for the shard layout and K (a copy, or a second run with the same seed)."""
+
+    def images(record: dict) -> dict:
+        return {key: value for key, value in record.items() if key not in LAYOUT_FIELDS}
+
+    for other, other_config in earlier:
+        if images(other_config) == images(config):
+            raise DataError(f"{other} and {folder} hold the same images (same captions, model and seed "
+                            f"{config.get('seed')!r} in dataset.json): pooled, each caption's positives would be copies; "
+                            "pool folders generated with different --seed")  # fmt: skip
+
+
+def _tars_by_folder(shards, allow_copies: bool = False) -> dict[str, list[str]]:
+    """The finished tars to read, grouped by the folder that holds their dataset.json; DataError
+    for a path given twice (unless ``allow_copies``)."""
     if isinstance(shards, (str, os.PathLike)):
         paths = expand_braces(os.fspath(shards))
     else:
         paths = [os.fspath(p) for p in shards]
+    twice = sorted(path for path, count in Counter(paths).items() if count > 1)
+    if twice and not allow_copies:
+        raise DataError(f"{twice[0]} is given twice in the data: its images would be pooled with themselves; give it once")
     folders: dict[str, list[str]] = defaultdict(list)
     for path in paths:
         if storage.isdir(path):

@@ -33,6 +33,7 @@ class TrainConfig:
     # "generator:MODEL" (shapes, a diffusers folder, pkg.module:Class): batches generated while training,
     # as ``online`` says (OnlineConfig fields: captions, views, latent_std, resolution, device, ...).
     data: str | list[str] = ""
+    allow_copies: bool = False  # pool data folders that hold the same images (a SimCLR-style baseline); else refused
     online: OnlineConfig | dict = field(default_factory=OnlineConfig)
     captions_per_batch: int = 1344  # n, over all ranks (x m = 8064 images per step)
     images_per_caption: int = 6  # m, drawn from each caption's K

@@ -282,7 +282,7 @@ def _build_loader(config: TrainConfig, device: torch.device, rank: int, world: i
     return build_loader(
         config.data, config.captions_per_batch // world, config.images_per_caption, config.image_size,
         backend=config.loader_backend, device=device, seed=config.seed, rank=rank, world_size=world,
-        num_workers=config.num_workers, augment=config.augment, online=config.online,
+        num_workers=config.num_workers, augment=config.augment, online=config.online, allow_copies=config.allow_copies,
     )  # fmt: skip
 
 
