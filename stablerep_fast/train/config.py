@@ -72,7 +72,7 @@ class TrainConfig:
     log_every: int = 10
     tensorboard: bool = False
     progress: bool = True
-    resume: bool = False  # continue from out/checkpoint.pt when it exists
+    resume: bool = False  # continue from out/checkpoint.pt (when there is none: a warning, and step 0)
     overwrite: bool = False  # start over in an out folder that holds a checkpoint (else refused)
     stop_at: int | None = None  # stop after this step (a job's time slice); the schedule still spans ``steps``
 

@@ -76,7 +76,8 @@ class TrainSummary:
 
 
 def train(config: TrainConfig, loader: Loader | None = None) -> TrainSummary:
-    """Train ``config`` and return a summary; under torchrun every rank calls this.
+    """Train ``config`` and return a summary; under torchrun every rank calls this. Rank 0 holds
+    the run folder ``config.out`` for the whole run (``run_folder.hold_run_folder``).
 
     loader: this rank's batches (see ``Loader``); None builds one from ``config.data``
             (stablerep_fast.data), whose caption texts come from the shards.
