@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from numbers import Real
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from stablerep_fast import _ext
@@ -190,9 +189,20 @@ def _prepare(x: torch.Tensor, normalize: bool, impl: Backend) -> torch.Tensor:
     """L2-normalise rows (in float32 for half-precision inputs) when asked; half-precision
     rows go back to their dtype only for backends that take them (fused GPU kernels)."""
     if x.dtype not in _LOW_PRECISION:
-        return F.normalize(x, dim=1, p=2, eps=1e-12) if normalize else x
-    z = F.normalize(x.float(), dim=1, p=2, eps=1e-12) if normalize else x.float()
+        return _unit_rows(x) if normalize else x
+    z = _unit_rows(x.float()) if normalize else x.float()
     return z.to(x.dtype) if impl.half_inputs else z
+
+
+def _unit_rows(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """``F.normalize(x, dim=1, eps=eps)`` that also holds for rows whose squared norm overflows
+    (float32 rows of norm above 1.8e19 would otherwise become 0: every similarity 0, no gradient).
+    Each row is first scaled by the power of two that brings its largest entry to at most 1, an
+    exact scaling that leaves the normalised row's bits as F.normalize gives them."""
+    peak = x.detach().abs().amax(dim=1, keepdim=True)
+    scale = torch.exp2(-torch.log2(peak).ceil().clamp(min=0))  # 1 for rows with entries <= 1 (and zero rows)
+    y = x * scale
+    return y / torch.maximum(torch.linalg.vector_norm(y, dim=1, keepdim=True), eps * scale)
 
 
 def _check_precision(precision: str) -> None:
@@ -252,7 +262,7 @@ def _scalar(name: str, value, valid, rule: str) -> torch.Tensor | float:
         number = value.detach().item()
     else:
         number = value
-    if not isinstance(number, Real) or not valid(float(number)):
+    if isinstance(number, bool) or not isinstance(number, Real) or not valid(float(number)):
         raise ValueError(f"{name} must be a finite number {rule}, got {number!r}")
     return value.reshape(()) if isinstance(value, torch.Tensor) else float(number)
 
