@@ -2,7 +2,9 @@
 
 Blank and null captions are skipped and counted, duplicates are kept and counted; a caption's index is its
 position after the blanks are removed. That index names the sample, seeds its noise and is
-the label the loader gives its images.
+the label the loader gives its images. Text files may start with a UTF-8 byte-order mark (it is
+not part of the first caption); a caption that is not text (a number, a list) and a CSV quote
+left open are refused, naming the line.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def read_captions(path: str | Path, column: str | None = None) -> Captions:
         raise
     except (OSError, UnicodeDecodeError, ValueError, csv.Error) as exc:
         raise GenerateError(f"cannot read captions file {path}: {exc}") from exc
-    texts = [" ".join(str(text).split()) for text in raw if text is not None]
+    texts = [" ".join(text.split()) for text in raw if text is not None]
     texts = [text for text in texts if text]
     if not texts:
         raise GenerateError(f"captions file {path} holds no caption")
@@ -67,27 +69,49 @@ def _pick_column(names: list[str], column: str | None, path: Path) -> str:
     raise GenerateError(f"captions file {path}: no caption column among {names}; name one of {list(CAPTION_COLUMNS)}")
 
 
+def _text(value, path: Path, where: str) -> str | None:
+    """``value`` if it is a caption (text) or None (a blank); else GenerateError naming ``where``."""
+    if value is None or isinstance(value, str):
+        return value
+    raise GenerateError(f"captions file {path}, {where}: the caption is {type(value).__name__} {str(value)[:40]!r}, "
+                        "not text; write captions as strings")  # fmt: skip
+
+
 def _read_txt(path: Path, column: str | None) -> list[str]:
-    return path.read_text(encoding="utf-8").splitlines()
+    return path.read_text(encoding="utf-8-sig").splitlines()
 
 
 def _read_table(path: Path, column: str | None) -> list[str]:
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-        name = _pick_column(list(reader.fieldnames or []), column, path)
-        return [row[name] for row in reader]
+    tsv = path.suffix.lower() == ".tsv"
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f, delimiter="\t" if tsv else ",", strict=True)
+        names = list(reader.fieldnames or [])
+        name = _pick_column(names, column, path)
+        texts, line = [], reader.line_num  # a row starts on the line after the previous row's last
+        try:
+            for row in reader:
+                if None in row:  # more fields than the header names
+                    raise GenerateError(f"captions file {path}, line {line + 1}: {len(names) + len(row[None])} fields, the "
+                                        f"header has {len(names)}; quote captions that hold {'tabs' if tsv else 'commas'}")  # fmt: skip
+                texts.append(row[name])
+                line = reader.line_num
+        except csv.Error as exc:
+            raise GenerateError(f"captions file {path}, line {line + 1}: broken quoting ({exc}); close the quote that "
+                                "opens there, or double a quote inside a quoted caption (\"\")") from None  # fmt: skip
+        return texts
 
 
 def _read_jsonl(path: Path, column: str | None) -> list[str]:
     texts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise GenerateError(f"captions file {path}, line {number}: not JSON ({exc.msg}, column {exc.colno})") from None
-        texts.append(record[_pick_column(list(record), column, path)] if isinstance(record, dict) else record)
+        value = record[_pick_column(list(record), column, path)] if isinstance(record, dict) else record
+        texts.append(_text(value, path, f"line {number}"))
     return texts
 
 
@@ -96,7 +120,8 @@ def _read_parquet(path: Path, column: str | None) -> list[str]:
 
     names = pq.read_schema(path).names
     name = _pick_column(names, column, path)
-    return pq.read_table(path, columns=[name]).column(name).to_pylist()
+    values = pq.read_table(path, columns=[name]).column(name).to_pylist()
+    return [_text(value, path, f"row {row} of column {name!r}") for row, value in enumerate(values, start=1)]
 
 
 _READERS = {

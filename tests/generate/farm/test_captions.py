@@ -71,3 +71,43 @@ def test_a_bad_jsonl_line_is_named(tmp_path):
     (tmp_path / "c.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(GenerateError, match="c.jsonl, line 4: not JSON"):
         read_captions(tmp_path / "c.jsonl")
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("list.jsonl", '{"caption": "a"}\n\n{"caption": ["a", "b"]}\n', r"list.jsonl, line 3: the caption is list \"\['a', 'b'\]\""),
+        ("number.jsonl", '"a"\n42\n', "number.jsonl, line 2: the caption is int '42', not text"),
+        ("flag.jsonl", '{"text": true}\n', "flag.jsonl, line 1: the caption is bool"),
+        ("open.csv", 'caption\na red star\n"a blue circle\na green square\n', "open.csv, line 3: broken quoting"),
+        ("closed_late.csv", 'id,caption\n1,"a red star\n2,a blue circle"x\n3,c\n', "closed_late.csv, line 2: broken quoting"),
+        ("open.tsv", 'n\tcaption\n1\ta\n2\t"b\n3\tc\n', "open.tsv, line 3: broken quoting"),
+        ("comma.csv", "caption\na red star\na big, blue circle\n", "comma.csv, line 3: 2 fields, the header has 1; quote captions"),
+    ],
+)
+def test_captions_that_are_not_text_or_rows_that_run_together_are_refused_by_line(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(GenerateError, match=message):
+        read_captions(path)
+
+
+def test_a_parquet_column_of_numbers_is_refused_by_row(tmp_path):
+    pq.write_table(pa.table({"caption": ["a", None, "b"]}), tmp_path / "ok.parquet")
+    assert read_captions(tmp_path / "ok.parquet").texts == ["a", "b"]
+    pq.write_table(pa.table({"caption": [1.5, None, 2.0]}), tmp_path / "n.parquet")
+    with pytest.raises(GenerateError, match="n.parquet, row 1 of column 'caption': the caption is float '1.5'"):
+        read_captions(tmp_path / "n.parquet")
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_caption(tmp_path):
+    """Files saved by Windows editors start with U+FEFF; every reader drops it, so the captions
+    (and their hash, recorded in dataset.json) are those of the same file without it."""
+    for name in _write_all(tmp_path):
+        path = tmp_path / name
+        if path.suffix == ".parquet":
+            continue
+        plain = read_captions(path)
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+        marked = read_captions(path)
+        assert marked.texts == plain.texts == CLEAN and marked.sha256 == plain.sha256, name
