@@ -132,7 +132,7 @@ TRAIN_FLAGS = [
     ("--precision", "precision", str, "auto (bf16 autocast on GPU), bf16 or fp32"),
     ("--seed", "seed", int, "data order, augmentation and initial weights"),
     ("--device", "device", str, "default: cuda when available"),
-    ("--loader-backend", "loader_backend", str, "auto, dali or torch"),
+    ("--loader-backend", "loader_backend", str, "auto, dali, torch or memory"),
     ("--num-workers", "num_workers", int, "loader workers (default: min(8, CPUs))"),
     ("--checkpoint-every", "checkpoint_every", int, "steps between checkpoints"),
     ("--log-every", "log_every", int, "steps between log records"),
