@@ -41,6 +41,7 @@ from stablerep_fast.data.augment import Augment
 from stablerep_fast.data.loader import GroupLoader, SkipCounts
 from stablerep_fast.data.sampler import GroupBatch, GroupSampler
 from stablerep_fast.data.torch_loader import augment_images, build_transform, in_workers, normalize
+from stablerep_fast.errors import GenerateError, StableRepError, first_line
 
 if TYPE_CHECKING:
     from stablerep_fast.generate import Generator
@@ -116,8 +117,8 @@ class _Generate:
 
     @torch.inference_mode()
     def __call__(self, batch: GroupBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        from stablerep_fast.generate.models.protocol import checked_images
         from stablerep_fast.generate.farm.seeds import initial_noise
+        from stablerep_fast.generate.models.protocol import generated_images
 
         ids = [int(i) for i in batch.captions]  # pool positions are the caption ids
         noise = initial_noise(epoch_seed(self.seed, batch.step // self.steps_per_epoch), ids, self.m, self.latent_shape,
@@ -126,20 +127,25 @@ class _Generate:
         parts = []
         for start in range(0, len(ids), chunk):
             prompts = [self.texts[i] for i in ids[start : start + chunk]]
-            output = self.generator(prompts, noise[start : start + chunk], **self.options)
-            parts.append(checked_images(self.generator, output, (len(prompts), self.m, self.save_size, self.save_size, 3)))
+            expected = (len(prompts), self.m, self.save_size, self.save_size, 3)
+            parts.append(generated_images(self.generator, prompts, noise[start : start + chunk], expected, **self.options))
         images = torch.from_numpy(np.concatenate(parts).swapaxes(0, 1).reshape(-1, self.save_size, self.save_size, 3))
         return images.permute(0, 3, 1, 2), torch.tensor(ids, dtype=torch.int64).repeat(self.m)
 
 
 class _Augmented(Dataset):
-    """The worker processes' part: generate a batch, then augment it."""
+    """The worker processes' part: generate a batch, then augment it. A user-facing error (a
+    generator that fails) is handed back as the batch, for the main process to raise as it is
+    (torch would wrap it in the worker's traceback)."""
 
     def __init__(self, make: _Generate, transform: T.Compose):
         self.make, self.transform = make, transform
 
-    def __getitem__(self, batch: GroupBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = self.make(batch)
+    def __getitem__(self, batch: GroupBatch) -> tuple[torch.Tensor, torch.Tensor] | StableRepError:
+        try:
+            images, labels = self.make(batch)
+        except StableRepError as exc:
+            return exc
         return augment_images(images, self.transform, batch.seed), labels
 
 
@@ -170,13 +176,17 @@ class OnlineLoader(GroupLoader):
                 yield normalize(images, self.device), labels.to(self.device), SkipCounts()
         else:
             workers = in_workers(_Augmented(self.make, transform), batches, self.num_workers, self.device, self.config.prefetch)
-            for images, labels in workers:
+            for made in workers:
+                if isinstance(made, StableRepError):
+                    raise made
+                images, labels = made
                 yield normalize(images, self.device), labels.to(self.device, non_blocking=True), SkipCounts()
 
 
 def caption_pool(generator: Generator, config: OnlineConfig, seed: int) -> list[str]:
     """The captions online batches are drawn from (see the module docstring)."""
     from stablerep_fast.generate.farm.captions import read_captions
+    from stablerep_fast.generate.models.protocol import describe
 
     if config.captions is not None:
         return read_captions(Path(config.captions), config.caption_column).texts
@@ -186,7 +196,11 @@ def caption_pool(generator: Generator, config: OnlineConfig, seed: int) -> list[
             f"generator {generator.model_id} has no caption source of its own (make_captions); "
             "set online captions to a captions file (--set online={captions: FILE})"
         )
-    return [str(text) for text in make(config.num_captions, seed)]
+    try:
+        return [str(text) for text in make(config.num_captions, seed)]
+    except Exception as exc:  # noqa: BLE001 - the generator's own code: one line naming it
+        raise GenerateError(f"generator {describe(generator)}: make_captions({config.num_captions}, {seed}) raised "
+                            f"{first_line(exc)}; fix the generator, or set online captions to a captions file") from exc  # fmt: skip
 
 
 def build_online_loader(

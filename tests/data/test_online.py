@@ -14,7 +14,7 @@ from stablerep_fast.data import build_loader
 from stablerep_fast.data.augment import MEAN, STD
 from stablerep_fast.data.ahead import run_ahead as generate_ahead
 from stablerep_fast.data.online import OnlineConfig, epoch_seed
-from stablerep_fast.generate import initial_noise, shapes
+from stablerep_fast.generate import GenerateError, initial_noise, shapes
 from stablerep_fast.generate.models.shapes import ShapesPipeline
 
 N, M, S, POOL = 4, 3, 32, 24  # captions per batch, views, image side, captions in the pool
@@ -109,6 +109,49 @@ def test_bad_online_settings_are_refused_in_one_line(tmp_path):
         _loader(online={"num_captions": N + 1}, world_size=2)
     with pytest.raises(ValueError, match="either shards or source"):
         build_loader(tmp_path, N, M, source="shapes")
+
+
+class _Raises(Blobs):
+    """A user's generator with a bug: its own captions, and a KeyError on every call."""
+
+    model_id = "raises-v1"
+
+    def make_captions(self, n, seed):
+        return [f"caption {i}" for i in range(n)]
+
+    def __call__(self, prompts, latents, **options):
+        return {}["colour"]
+
+
+class _NoCaptions(_Raises):
+    def make_captions(self, n, seed):
+        raise RuntimeError("caption source offline")
+
+
+class _NegativeShape(_Raises):
+    def latent_shape(self, resolution):
+        return (-1, 0)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_generator_that_raises_is_named_in_one_line(workers):
+    """In this process or in worker processes: the error names the generator and its class, in
+    one line (not torch's worker traceback)."""
+    with pytest.raises(GenerateError) as raised:
+        next(iter(_loader(_Raises(), workers=workers)))
+    message = str(raised.value)
+    assert "\n" not in message, message
+    assert message.startswith(f"generator raises-v1 ({__name__}:_Raises) failed on {N} captions from 'caption ")
+    assert message.endswith("(KeyError: 'colour'); fix the generator")
+
+
+def test_a_generator_whose_captions_or_latent_shape_break_is_named():
+    with pytest.raises(GenerateError, match=rf"generator raises-v1 \({__name__}:_NoCaptions\): make_captions\({POOL}, 0\) "
+                                            r"raised RuntimeError: caption source offline; fix the generator"):  # fmt: skip
+        _loader(_NoCaptions())
+    with pytest.raises(GenerateError, match=rf"\({__name__}:_NegativeShape\): latent_shape\({S}\) returned \(-1, 0\); "
+                                            "every dimension must be >= 1"):  # fmt: skip
+        _loader(_NegativeShape())
 
 
 def test_generate_ahead_keeps_order_raises_the_makers_error_and_stops_its_thread():

@@ -36,7 +36,7 @@ from stablerep_fast.generate.farm.writer import (
 )
 from stablerep_fast.generate.models.families import generation_defaults
 from stablerep_fast.generate.models.loader import load_generator, resolve_dtype
-from stablerep_fast.generate.models.protocol import Generator, backend_name, checked_images, checked_latent_shape
+from stablerep_fast.generate.models.protocol import Generator, backend_name, checked_latent_shape, generated_images
 from stablerep_fast.shards import is_done, sample_key
 
 # Batches waiting for the writer thread before generation pauses: enough to hide JPEG
@@ -156,15 +156,16 @@ def _generate_shard(
             noise = initial_noise(
                 config.seed, batch, config.images_per_caption, latent_shape, views=config.views, latent_std=config.latent_std
             )
-            output = pipe(
+            images = generated_images(
+                pipe,
                 prompts,
                 noise,
+                (len(batch), config.images_per_caption, config.save_size, config.save_size, 3),
                 resolution=config.resolution,
                 output_size=config.save_size,
                 num_inference_steps=config.steps,
                 guidance_scale=config.guidance,
             )
-            images = checked_images(pipe, output, (len(batch), config.images_per_caption, config.save_size, config.save_size, 3))
             samples = [
                 Sample(sample_key(i), prompt, _sample_metadata(config, pipe, prompt, i), sample_images)
                 for i, prompt, sample_images in zip(batch, prompts, images)

@@ -34,7 +34,8 @@ _IMPORT_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 
 def check_generator(obj: object, name: str) -> Generator:
     """``obj`` if it satisfies the Generator protocol, else GenerateError saying what it lacks."""
-    missing = [attr for attr in ("model_id", "latent_shape") if not hasattr(obj, attr)]
+    missing = [] if hasattr(obj, "model_id") else ["model_id"]
+    missing += [] if callable(getattr(obj, "latent_shape", None)) else ["latent_shape"]
     missing += [] if callable(obj) else ["__call__"]
     if missing:
         raise GenerateError(

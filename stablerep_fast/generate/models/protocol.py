@@ -19,8 +19,8 @@ uses two optional attributes: ``make_captions(n, seed)`` (the generator's own ca
 
 Beside the protocol, the helpers that keep a generator to it: ``check_latents`` and
 ``to_uint8_images`` (inside a generator), ``step_generators`` (a stochastic sampler's noise
-from each image's own latent), ``checked_latent_shape`` and ``checked_images`` (around a call
-to any generator, turning a broken answer into a one-line error).
+from each image's own latent), ``checked_latent_shape`` and ``generated_images`` (around a call
+to any generator, turning an error it raises or a broken answer into a one-line error naming it).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stablerep_fast.errors import GenerateError
+from stablerep_fast.errors import GenerateError, StableRepError, first_line
 
 
 @dataclass
@@ -98,20 +98,45 @@ def backend_name(generator: Generator) -> str:
     return str(getattr(generator, "backend", "custom"))
 
 
+def describe(generator: Generator) -> str:
+    """A generator as error messages name it: its model_id and class (``blobs-v1 (my_pkg.blobs:Blobs)``)."""
+    kind = type(generator)
+    return f"{generator.model_id} ({kind.__module__}:{kind.__qualname__})"
+
+
 def checked_latent_shape(generator: Generator, resolution: int) -> tuple[int, ...]:
-    """``generator.latent_shape(resolution)``, with a bad resolution or answer as GenerateError."""
+    """``generator.latent_shape(resolution)``, which must be a tuple of ints >= 1; a resolution
+    it refuses (ValueError), another error it raises or a bad answer is a GenerateError naming it."""
     try:
         shape = tuple(int(d) for d in generator.latent_shape(resolution))
     except ValueError as exc:
         raise GenerateError(f"{generator.model_id}: {exc}") from exc
     except TypeError as exc:
         raise GenerateError(f"{generator.model_id}: latent_shape({resolution}) must return a tuple of ints ({exc})") from exc
+    except StableRepError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the generator's own code: one line naming it
+        raise GenerateError(f"generator {describe(generator)}: latent_shape({resolution}) raised {first_line(exc)}; "
+                            "fix the generator") from exc  # fmt: skip
+    if any(d < 1 for d in shape):
+        raise GenerateError(f"generator {describe(generator)}: latent_shape({resolution}) returned {shape}; every "
+                            "dimension must be >= 1: fix the generator")  # fmt: skip
     return shape
 
 
-def checked_images(generator: Generator, output, expected: tuple[int, ...]) -> np.ndarray:
-    """The images of a generator's output, which must be uint8 [B, K, S, S, 3]; a generator
-    that breaks the rule is named in a GenerateError."""
+def generated_images(generator: Generator, prompts: list[str], latents: torch.Tensor, expected: tuple[int, ...],
+                     **options) -> np.ndarray:  # fmt: skip
+    """``generator(prompts, latents, **options)``'s images, which must be uint8 ``expected``
+    [B, K, S, S, 3]; an error the generator raises (its cause kept) or a broken answer is a
+    GenerateError naming it."""
+    try:
+        output = generator(prompts, latents, **options)
+    except StableRepError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the generator's own code: one line naming it
+        advice = "lower the batch size" if isinstance(exc, torch.cuda.OutOfMemoryError) else "fix the generator"
+        raise GenerateError(f"generator {describe(generator)} failed on {len(prompts)} captions from {prompts[0][:40]!r} "
+                            f"({first_line(exc)}); {advice}") from exc  # fmt: skip
     images = getattr(output, "images", None)
     if images is None:
         raise GenerateError(f"generator {generator.model_id} returned a {type(output).__name__}, not a GenerationOutput(images)")

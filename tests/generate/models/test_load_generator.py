@@ -110,6 +110,18 @@ BAD_PLUGINS = {
                                "    def __call__(self, prompts, latents, **k):\n"
                                "        return GenerationOutput(np.zeros((len(prompts), 2, 8, 8, 3), np.float32))\n",
                                "returned images of shape (3, 2, 8, 8, 3) and dtype float32; expected a uint8 numpy array of shape (3, 2, 16, 16, 3)"),
+    "plugins_raises_key:Gen": ("class Gen:\n    model_id = 'g'\n    def latent_shape(self, r):\n        return (2,)\n"
+                               "    def __call__(self, prompts, latents, **k):\n        return {}['colour']\n",
+                               "generator g (plugins_raises_key:Gen) failed on 3 captions from 'a blue dotted cross' (KeyError: 'colour')"),
+    "plugins_raises_runtime:Gen": ("class Gen:\n    model_id = 'g'\n    def latent_shape(self, r):\n        return (2,)\n"
+                                   "    def __call__(self, prompts, latents, **k):\n        raise RuntimeError('no GPU left')\n",
+                                   "(RuntimeError: no GPU left); fix the generator"),
+    "plugins_negative_shape:Gen": ("class Gen:\n    model_id = 'g'\n    def latent_shape(self, r):\n        return (-1, 0)\n"
+                                   "    def __call__(self, *a, **k):\n        pass\n",
+                                   "generator g (plugins_negative_shape:Gen): latent_shape(16) returned (-1, 0); every dimension must be >= 1"),
+    "plugins_shape_raises:Gen": ("class Gen:\n    model_id = 'g'\n    def latent_shape(self, r):\n        return self.shape\n"
+                                 "    def __call__(self, *a, **k):\n        pass\n",
+                                 "generator g (plugins_shape_raises:Gen): latent_shape(16) raised AttributeError: "),
 }  # fmt: skip
 
 
