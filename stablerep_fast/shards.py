@@ -4,7 +4,8 @@
 A dataset folder (one sample per caption; a sample's key is its caption id, 9 digits, no dots):
 
     dataset.json                 the settings that define the images (K = images_per_caption,
-                                 image_format, seed, model, ..., captions_sha256, num_shards)
+                                 image_format, seed, model, ..., captions_sha256, num_shards), and
+                                 ``assign``: how processes split the shards (every one must use it)
     shard-000000.tar             000000042.json  {caption, caption_index, seeds, crc32, ...}
                                  000000042.txt   the caption
                                  000000042.0.jpg ... 000000042.{K-1}.jpg
@@ -42,6 +43,9 @@ Folder = str | os.PathLike  # a path or an fsspec URL
 
 DATASET_FILE = "dataset.json"
 DATASET_VERSION = 1
+# In dataset.json, beside the settings: "dynamic" (claims) or "static" (locks), the one split every
+# process writing the folder uses; not part of what a done marker records (it does not change images).
+ASSIGN_FIELD = "assign"
 SHARD_PREFIX = "shard-"
 TAR_SUFFIX = ".tar"
 INDEX_SUFFIX = ".idx"

@@ -27,9 +27,9 @@ from stablerep_fast.errors import DataError
 
 log = logging.getLogger("stablerep_fast.data")
 
-# dataset.json fields that do not change which images a folder holds: the shard layout, and K
-# (image k of a caption depends only on the seed, the caption and k).
-LAYOUT_FIELDS = ("shard_size", "num_shards", "images_per_caption")
+# dataset.json fields that do not change which images a folder holds: the shard layout, K (image
+# k of a caption depends only on the seed, the caption and k) and how processes split the shards.
+LAYOUT_FIELDS = ("shard_size", "num_shards", "images_per_caption", fmt.ASSIGN_FIELD)
 
 
 class ShardError(DataError):
@@ -106,20 +106,17 @@ def expand_braces(pattern: str) -> list[str]:
     return [expanded for option in options for expanded in expand_braces(head + option + tail)]
 
 
-def open_index(shards: str | os.PathLike | Sequence[str | os.PathLike], *, allow_copies: bool = False) -> ShardIndex:
+def open_index(shards: str | os.PathLike | Sequence[str | os.PathLike]) -> ShardIndex:
     """Index ``shards`` (folder, list of folders, or brace pattern over folders or tars).
-
-    allow_copies: pool folders that hold the same images (a folder and its copy: every caption's
-                  images twice, for a SimCLR-style baseline of two augmentations of one image);
-                  without it such folders, or a path given twice, are refused (DataError)."""
-    folders = _tars_by_folder(shards, allow_copies)
+    Folders that hold the same images (a folder and its copy, a path given twice) are refused
+    (DataError): pooled, their images would be byte-identical "positives"."""
+    folders = _tars_by_folder(shards)
     by_caption: dict[int, Caption] = {}
     index = ShardIndex(captions=[], configs=[], shards=[])
     for folder, tars in folders.items():
         config = fmt.read_dataset(folder)
         _check_same_captions(index.configs, config, folder)
-        if not allow_copies:
-            _check_other_images(zip(folders, index.configs), config, folder)
+        _check_other_images(zip(folders, index.configs), config, folder)
         index.configs.append(config)
         for tar in tars:
             try:
@@ -157,15 +154,15 @@ def _check_other_images(earlier: Iterable[tuple[str, dict]], config: dict, folde
                             "pool folders generated with different --seed")  # fmt: skip
 
 
-def _tars_by_folder(shards, allow_copies: bool = False) -> dict[str, list[str]]:
+def _tars_by_folder(shards) -> dict[str, list[str]]:
     """The finished tars to read, grouped by the folder that holds their dataset.json; DataError
-    for a path given twice (unless ``allow_copies``)."""
+    for a path given twice."""
     if isinstance(shards, (str, os.PathLike)):
         paths = expand_braces(os.fspath(shards))
     else:
         paths = [os.fspath(p) for p in shards]
     twice = sorted(path for path, count in Counter(paths).items() if count > 1)
-    if twice and not allow_copies:
+    if twice:
         raise DataError(f"{twice[0]} is given twice in the data: its images would be pooled with themselves; give it once")
     folders: dict[str, list[str]] = defaultdict(list)
     for path in paths:
@@ -201,6 +198,7 @@ def _read_shard(tar: str, config: dict) -> dict[str, dict[str, Member]]:
     if tar_size != done["bytes"]:
         raise ShardError(f"truncated tar {tar}: {tar_size} bytes, its done marker records {done['bytes']}")
     made_with = done.get("dataset")  # absent in markers written before it was recorded
+    config = {key: value for key, value in config.items() if key != fmt.ASSIGN_FIELD}  # not in done markers
     if made_with is not None and made_with != config:
         changed = sorted(k for k in config if not isinstance(made_with, dict) or made_with.get(k) != config.get(k))
         raise ShardError(f"{tar} was made with another configuration than its folder's dataset.json ({', '.join(changed)})")

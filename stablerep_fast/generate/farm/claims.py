@@ -13,7 +13,9 @@ the work with no rendezvous. The protocol, on any store where ``storage.create``
    done marker is expired: another rank takes the shard by creating generation G+1,
    ``shard-S.claim-<G+1>.json``, again exclusively, so two takers never both win.
    A claim made on this host by a process that no longer exists (killed) expires at once, so a
-   restarted run resumes without waiting a lease.
+   restarted run resumes without waiting a lease. A claim file that is not a claim record
+   (damaged) counts as renewed when the file last changed and expires after the taker's lease,
+   with a warning naming it.
 4. **Lost claims.** A holder whose claim was taken over (a file of a later generation exists)
    stops: its heartbeat notices, and it checks again before publishing. Publishing itself is
    exclusive (the tar where the store allows, and the done marker), so a shard is never
@@ -30,6 +32,7 @@ start, then only those whose file has not changed for half a lease.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
@@ -42,6 +45,8 @@ from stablerep_fast import shards, storage
 from stablerep_fast.errors import StableRepError
 
 DEFAULT_LEASE = 300.0  # seconds without a heartbeat before a claim may be taken over
+
+log = logging.getLogger("stablerep_fast.generate")
 
 
 @dataclass(frozen=True)
@@ -62,8 +67,25 @@ class Claim:
     def expired(self, now: float | None = None) -> bool:
         return (time.time() if now is None else now) - self.renewed > self.lease
 
+    def holder_gone(self) -> bool:
+        """Whether it was made on this host by a process that no longer exists (killed)."""
+        return self.host == socket.gethostname() and self.pid > 0 and not pid_alive(self.pid)
+
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
+
+
+def parse_claim(data: bytes) -> Claim:
+    """The claim record a claim file holds; ValueError saying why when it holds none."""
+    try:
+        record = json.loads(data)
+        claim = Claim(**record)
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise ValueError(" ".join(str(exc).split())[:80]) from None
+    numbers = (claim.claimed, claim.renewed, claim.lease)
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in numbers) or not isinstance(claim.pid, int):
+        raise ValueError("its times, lease or pid are not numbers")
+    return claim
 
 
 class ClaimLost(StableRepError):
@@ -84,18 +106,6 @@ def pid_alive(pid: int) -> bool:
 def new_holder_id() -> str:
     """A process's holder id: unique across hosts and runs."""
     return uuid.uuid4().hex[:16]
-
-
-def read_claim(folder: storage.Location, shard: int, generation: int) -> Claim:
-    """The claim record of ``shard`` at ``generation``. One that cannot be read (being written on a
-    store without atomic creates, or damaged) counts as fresh from the file's modification time, so
-    it is taken over once that is a lease old."""
-    location = storage.join(folder, shards.claim_name(shard, generation))
-    try:
-        return Claim(**json.loads(storage.read_bytes(location)))
-    except (ValueError, TypeError, UnicodeDecodeError):
-        mtime = storage.modified(location)
-        return Claim(shard, generation, "unknown", "unknown", 0, None, mtime, mtime, DEFAULT_LEASE)
 
 
 def latest_generations(listing: list[str]) -> dict[int, int]:
@@ -120,6 +130,7 @@ class ClaimBoard:
         self.rank = rank
         self.holder = holder or new_holder_id()
         self.host = socket.gethostname()
+        self._unreadable: set[str] = set()  # claim files warned about
 
     def _location(self, shard: int, generation: int) -> str:
         return storage.join(self.folder, shards.claim_name(shard, generation))
@@ -140,22 +151,35 @@ class ClaimBoard:
         process that no longer exists."""
         if claim.expired(now):
             return True
-        return claim.host == self.host and claim.holder != self.holder and claim.pid > 0 and not pid_alive(claim.pid)
+        return claim.holder != self.holder and claim.holder_gone()
 
     def read_claims(self, wanted: list[tuple[int, int]]) -> list[Claim]:
-        """The claim records of (shard, generation) pairs, read concurrently on object stores."""
+        """The claim records of (shard, generation) pairs, read concurrently on object stores.
+        A file that holds no claim record (being written on a store without atomic creates, or
+        damaged) counts as renewed when it last changed, with this process's lease, so it is
+        taken over once that is a lease old; a warning names it, once."""
         locations = [self._location(shard, generation) for shard, generation in wanted]
         found = storage.read_many(locations)
         claims = []
         for (shard, generation), location in zip(wanted, locations):
-            data = found.get(location)
             try:
-                claims.append(Claim(**json.loads(data)) if isinstance(data, bytes) else read_claim(self.folder, shard, generation))
-            except (ValueError, TypeError, UnicodeDecodeError):
-                claims.append(read_claim(self.folder, shard, generation))
+                data = found.get(location)
+                try:
+                    claims.append(parse_claim(data if isinstance(data, bytes) else storage.read_bytes(location)))
+                except ValueError as exc:
+                    claims.append(self._unreadable_claim(location, shard, generation, str(exc)))
             except FileNotFoundError:
                 continue  # released meanwhile
         return claims
+
+    def _unreadable_claim(self, location: str, shard: int, generation: int, why: str) -> Claim:
+        changed = storage.modified(location)
+        if location not in self._unreadable:
+            self._unreadable.add(location)
+            wait = max(0.0, changed + self.lease - time.time())
+            log.warning(f"{location} is not a claim record ({why}); taken as a claim that expires a lease "
+                        f"({self.lease:g} s) after the file last changed, in {wait:.0f} s; remove it to free the shard now")  # fmt: skip
+        return Claim(shard, generation, "unknown", "unknown", 0, None, changed, changed, self.lease)
 
     def release(self, claim: Claim) -> None:
         """Remove ``claim`` after a failure, if it is still this process's, so another rank can start."""

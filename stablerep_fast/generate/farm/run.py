@@ -222,9 +222,9 @@ def generate(config: GenerateConfig) -> GenerateSummary:
         duplicates=captions.duplicates,
         num_shards=num_shards,
     )
-    check_output_folder(out, record)
+    check_output_folder(out, record, config.assign)
     storage.makedirs(out)
-    ensure_dataset_json(out, record)
+    ensure_dataset_json(out, record, config.assign)
 
     # 4. The shards still to do: this rank's (static), or all, this rank's share first (dynamic).
     if config.assign == "static":

@@ -3,7 +3,9 @@
 Reads ``dataset.json``, the done markers (captions, images, host, finish time) and the claim
 records (``claims.py``) of a folder or URL; changes nothing. Rates are images finished over the
 last ``interval`` seconds (or since the first claim, when the farm is younger), per host and
-overall; the ETA divides the images left by the overall rate.
+overall; the ETA divides the images left by the overall rate. A claim is live while its
+heartbeat is younger than its lease and, on this host, its process exists; a dynamic farm
+with shards left and no live claim has no ETA (nothing is working on it).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 from stablerep_fast import shards, storage
 from stablerep_fast.errors import DataError
-from stablerep_fast.generate.farm.claims import Claim, latest_generations
+from stablerep_fast.generate.farm.claims import Claim, latest_generations, parse_claim
 
 
 @dataclass
@@ -35,7 +37,7 @@ class FarmStatus:
     shards_done: int
     shards_claimed: int  # held by a live claim, not done
     shards_left: int  # neither done nor held (expired claims included)
-    expired_claims: list[dict]  # {shard, host, pid, holder, age}: claims whose lease ran out, shard not done
+    expired_claims: list[dict]  # {shard, host, pid, holder, age, why}: lease ran out, or holder gone; shard not done
     damaged: list[int]  # shards whose done marker cannot be read or whose tar has another size
     captions_total: int
     captions_done: int
@@ -45,6 +47,8 @@ class FarmStatus:
     images_per_second: float
     eta_seconds: float | None  # None: no rate yet
     hosts: dict[str, HostStatus] = field(default_factory=dict)
+    assign: str | None = None  # the split dataset.json records ("dynamic", "static"); None: not recorded
+    unreadable_claims: list[str] = field(default_factory=list)  # claim files holding no claim record
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
@@ -66,14 +70,20 @@ def farm_status(folder: storage.Location, *, interval: float = 600.0, now: float
     claim_locations = {s: storage.join(folder, shards.claim_name(s, g)) for s, g in pending.items()}
     claim_bytes = storage.read_many(list(claim_locations.values()))
     claims: dict[int, Claim] = {}
+    unreadable = []
     for shard, location in claim_locations.items():
+        data = claim_bytes.get(location)
+        if not isinstance(data, bytes):
+            continue  # removed meanwhile (released after a failure): counted as left
         try:
-            claims[shard] = Claim(**json.loads(claim_bytes[location]))
-        except (ValueError, TypeError, KeyError):
-            continue  # being written or removed meanwhile: counted as left
-    live = {s: c for s, c in claims.items() if not c.expired(now)}
-    expired = [dict(shard=s, host=c.host, pid=c.pid, holder=c.holder, age=round(now - c.renewed, 1))
-               for s, c in sorted(claims.items()) if s not in live]  # fmt: skip
+            claims[shard] = parse_claim(data)
+        except ValueError:
+            unreadable.append(shards.claim_name(shard, pending[shard]))  # damaged (or being written): counted as left
+    why = {s: "lease ran out" if c.expired(now) else "holder process gone" for s, c in claims.items()
+           if c.expired(now) or c.holder_gone()}  # fmt: skip
+    live = {s: c for s, c in claims.items() if s not in why}
+    expired = [dict(shard=s, host=c.host, pid=c.pid, holder=c.holder, age=round(now - c.renewed, 1), why=why[s])
+               for s, c in sorted(claims.items()) if s in why]  # fmt: skip
 
     hosts: dict[str, HostStatus] = defaultdict(HostStatus)
     starts = [c.claimed for c in claims.values()] + [r.get("finished", now) - r.get("seconds", 0) for r in done.values()]
@@ -93,6 +103,7 @@ def farm_status(folder: storage.Location, *, interval: float = 600.0, now: float
     images_done = sum(int(r.get("images", 0)) for r in done.values())
     rate = sum(h.images_recent for h in hosts.values()) / window
     images_left = captions_total * k - images_done
+    idle = dataset.get(shards.ASSIGN_FIELD) == "dynamic" and not live and images_left > 0  # nothing works on it
     return FarmStatus(
         folder=str(folder),
         num_shards=num_shards,
@@ -107,14 +118,21 @@ def farm_status(folder: storage.Location, *, interval: float = 600.0, now: float
         images_done=images_done,
         interval=round(window, 3),
         images_per_second=round(rate, 3),
-        eta_seconds=round(images_left / rate, 1) if rate > 0 else (0.0 if images_left <= 0 else None),
+        eta_seconds=round(images_left / rate, 1) if rate > 0 and not idle else (0.0 if images_left <= 0 else None),
         hosts=dict(sorted(hosts.items())),
+        assign=dataset.get(shards.ASSIGN_FIELD),
+        unreadable_claims=sorted(unreadable),
     )
 
 
 def format_status(status: FarmStatus) -> str:
     """The status as a few lines for people."""
-    eta = "unknown (no shard finished in the interval)" if status.eta_seconds is None else _duration(status.eta_seconds)
+    if status.eta_seconds is not None:
+        eta = _duration(status.eta_seconds)
+    elif status.assign == "dynamic" and not status.shards_claimed:
+        eta = "none: no process holds a live claim (run generate again to finish)"
+    else:
+        eta = "unknown (no shard finished in the interval)"
     lines = [
         f"{status.folder}: {status.shards_done}/{status.num_shards} shards done, {status.shards_claimed} claimed, "
         f"{status.shards_left} left",
@@ -122,9 +140,13 @@ def format_status(status: FarmStatus) -> str:
         f"{status.images_per_second:.2f} images/s over the last {_duration(status.interval)}; ETA {eta}",
     ]
     if status.expired_claims:
-        shown = ", ".join(f"{c['shard']} ({c['host']} pid {c['pid']}, {_duration(c['age'])} ago)" for c in status.expired_claims[:5])
+        shown = ", ".join(f"{c['shard']} ({c['host']} pid {c['pid']}, {c['why']}, last heartbeat {_duration(c['age'])} ago)"
+                          for c in status.expired_claims[:5])  # fmt: skip
         more = f", and {len(status.expired_claims) - 5} more" if len(status.expired_claims) > 5 else ""
         lines.append(f"expired claims (taken over by the next free rank): {shown}{more}")
+    if status.unreadable_claims:
+        lines.append(f"unreadable claim files (taken over a lease after they last changed; remove them to free their "
+                     f"shards now): {', '.join(status.unreadable_claims[:5])}")  # fmt: skip
     if status.damaged:
         lines.append(f"damaged shards (done marker unreadable or tar of another size; the next generate run redoes them): {status.damaged[:10]}")
     for name, host in status.hosts.items():

@@ -146,10 +146,11 @@ def shard_lock(out: storage.Location, shard: int) -> Iterator[None]:
         yield
 
 
-def check_output_folder(out: storage.Location, record: dict) -> None:
-    """Refuse (touching nothing) an ``out`` that is a file, that holds shards whose done markers
-    record another configuration than ``record`` (the dataset.json this run writes), or that has
-    no dataset.json and holds anything but such shards and the package's temporary files."""
+def check_output_folder(out: storage.Location, record: dict, assign: str | None = None) -> None:
+    """Refuse (touching nothing) an ``out`` that is a file, whose dataset.json records another
+    configuration than ``record`` or another split than ``assign``, that holds shards whose done
+    markers record another configuration, or that has no dataset.json and holds anything but
+    such shards and the package's temporary files."""
     if storage.isfile(out):
         raise OutputError(f"--out {out} is a file; give a folder (new, or a dataset folder of stablerep-fast)")
     if not storage.isdir(out):
@@ -158,7 +159,7 @@ def check_output_folder(out: storage.Location, record: dict) -> None:
     has_dataset = shards.is_dataset(out)  # after listing: a farm peer writes dataset.json before any shard file
     record = json.loads(json.dumps(record))  # compare as it reads back
     if has_dataset:
-        _check_dataset_json(out, record)
+        _check_dataset_json(out, record, assign)
     vouched = set()  # shards whose done marker records this configuration
     for shard in shards.listed_shards(names, shards.DONE_SUFFIX):
         marker = shards.shard_file(out, shard, shards.DONE_SUFFIX)
@@ -206,8 +207,9 @@ def dataset_record(settings: dict, *, captions_sha256: str, num_captions: int, d
     }
 
 
-def ensure_dataset_json(out: storage.Location, record: dict) -> None:
-    """Create ``out/dataset.json`` with ``record`` or check that the one there is equal.
+def ensure_dataset_json(out: storage.Location, record: dict, assign: str | None = None) -> None:
+    """Create ``out/dataset.json`` with ``record`` (and the split ``assign``, when given) or
+    check that the one there is equal.
 
     The first writer publishes it exclusively (``atomic_write(..., exclusive=True)``), so
     concurrent workers never see a partial file or overwrite each other.
@@ -215,19 +217,26 @@ def ensure_dataset_json(out: storage.Location, record: dict) -> None:
     path = shards.dataset_file(out)
     record = json.loads(json.dumps(record))  # compare as it reads back
     if not storage.exists(path):
-        storage.create(path, json.dumps(record, indent=1, sort_keys=True).encode())
-    _check_dataset_json(out, record)
+        written = record if assign is None else {**record, shards.ASSIGN_FIELD: assign}
+        storage.create(path, json.dumps(written, indent=1, sort_keys=True).encode())
+    _check_dataset_json(out, record, assign)
 
 
-def _check_dataset_json(out: storage.Location, record: dict) -> None:
+def _check_dataset_json(out: storage.Location, record: dict, assign: str | None) -> None:
+    """Refuse a dataset.json with other settings than ``record``, or another split than ``assign``
+    (a folder written before the split was recorded takes either)."""
     path = shards.dataset_file(out)
     try:
         existing = shards.read_dataset(out)
     except (OSError, ValueError) as exc:
         raise GenerateError(f"cannot read {path}: {exc}") from exc
+    there = existing.pop(shards.ASSIGN_FIELD, None)
     if existing != record:
         raise GenerateError(f"{out} holds a dataset made with a different configuration ({_diff(existing, record)}); "
                             "use another --out")  # fmt: skip
+    if None not in (there, assign) and there != assign:
+        raise GenerateError(f"{out} is generated with --assign {there} ({path}), this process has --assign {assign}: "
+                            f"the two would redo each other's shards; give every process --assign {there}")  # fmt: skip
 
 
 def _diff(there: dict, now: dict) -> str:

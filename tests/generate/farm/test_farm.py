@@ -32,8 +32,12 @@ SMALL_ARGS = ["--images-per-caption", "2", "--resolution", "32", "--save-size", 
 
 
 def _published(files: dict[str, bytes]) -> dict[str, bytes]:
-    """Tars, indexes and dataset.json (done markers and claims hold times and hosts)."""
-    return {n: b for n, b in files.items() if n.endswith((".tar", ".idx")) or n == "dataset.json"}
+    """Tars, indexes and dataset.json but for the split it records (done markers and claims hold
+    times and hosts)."""
+    published = {n: b for n, b in files.items() if n.endswith((".tar", ".idx"))}
+    settings = json.loads(files["dataset.json"])
+    settings.pop(shards.ASSIGN_FIELD)
+    return {**published, "dataset.json": json.dumps(settings, sort_keys=True).encode()}
 
 
 def _local(folder: Path) -> dict[str, bytes]:
@@ -311,3 +315,66 @@ def test_farm_status_counts_claims_rates_and_eta(reference, tmp_path, capsys):
     assert "10/12 shards done, 1 claimed, 1 left" in text and "dead-host" in text
     assert main(["farm-status", str(tmp_path / "nothing")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_an_unreadable_claim_expires_after_the_configured_lease_with_a_warning(reference, tmp_path, caplog):
+    """A claim file holding garbage: farm-status names it; generate warns once, naming it, and
+    takes the shard over a --lease after the file last changed (not the default 300 s)."""
+    captions, one = reference
+    out = tmp_path / "out"
+    out.mkdir()
+    garbage = out / shards.claim_name(5, 0)
+    garbage.write_bytes(b"\x00garbage{")
+    started = time.time()
+    with caplog.at_level("WARNING", logger="stablerep_fast.generate"):
+        summary = generate(GenerateConfig(captions=captions, out=out, lease=1.0, **SMALL))
+    assert 1.0 <= time.time() - started < 30
+    assert (summary.shards_written, summary.takeovers) == (12, 1)
+    warnings = [r.getMessage() for r in caplog.records if "not a claim record" in r.getMessage()]
+    assert len(warnings) == 1 and str(garbage) in warnings[0] and "(1 s)" in warnings[0], warnings
+    assert _local(out) == _local(one)
+    (out / (shards.shard_stem(5) + shards.DONE_SUFFIX)).unlink()  # shard 5 undone again: its latest claim is read
+    (out / shards.claim_name(5, 1)).write_text("[1, 2]")
+    status = farm_status(out)
+    assert status.unreadable_claims == [shards.claim_name(5, 1)] and (status.shards_claimed, status.shards_left) == (0, 1)
+
+
+def test_farm_status_shows_a_killed_holders_claim_as_expired_and_no_eta(reference, tmp_path, capsys):
+    """A claim whose process is gone (on this host) or whose heartbeat is older than its lease is
+    not live; with no live claim left, a dynamic farm has no ETA."""
+    captions, _ = reference
+    out = tmp_path / "out"
+    generate(GenerateConfig(captions=captions, out=out, **SMALL))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that existed on this host and no longer does
+    for shard in (10, 11):
+        for suffix in (shards.TAR_SUFFIX, shards.INDEX_SUFFIX, shards.DONE_SUFFIX):
+            (out / (shards.shard_stem(shard) + suffix)).unlink()
+    now = time.time()
+    killed = Claim(10, 0, "a" * 16, socket.gethostname(), gone.pid, None, now, now, 3600.0)
+    (out / shards.claim_name(10, 0)).write_bytes(killed.to_bytes())
+    _claim(out, 11, host="silent-host", age=120, lease=60)
+
+    status = farm_status(out, now=now + 1)
+    assert (status.shards_claimed, status.shards_left, status.eta_seconds) == (0, 2, None)
+    assert [(c["shard"], c["why"]) for c in status.expired_claims] == [(10, "holder process gone"), (11, "lease ran out")]
+    assert main(["farm-status", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "ETA none: no process holds a live claim (run generate again to finish)" in text
+    assert f"10 ({socket.gethostname()} pid {gone.pid}, holder process gone" in text
+
+
+def test_static_and_dynamic_processes_on_one_folder_are_refused_in_one_line(reference, tmp_path, capsys):
+    """The split is recorded in dataset.json: a process with the other one is refused, touching nothing."""
+    captions, _ = reference
+    out = tmp_path / "out"
+    generate(GenerateConfig(captions=captions, out=out, **{**SMALL, "shard_size": 12}))
+    assert json.loads((out / "dataset.json").read_text())[shards.ASSIGN_FIELD] == "dynamic"
+    (out / (shards.shard_stem(1) + shards.DONE_SUFFIX)).unlink()  # work left for the static process
+    before = _local(out)
+    args = ["generate", "--captions", str(captions), "--out", str(out), "--assign", "static", *SMALL_ARGS, "--shard-size", "12"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {out} is generated with --assign dynamic"), err
+    assert "this process has --assign static" in err and "give every process --assign dynamic" in err
+    assert _local(out) == before and not (out / (shards.shard_stem(1) + shards.DONE_SUFFIX)).exists()

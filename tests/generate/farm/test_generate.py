@@ -84,7 +84,7 @@ def test_latent_neighbor_views_in_the_shards(captions_file, tmp_path):
 def test_two_static_ranks_into_one_folder_equal_one_process(captions_file, tmp_path):
     captions = captions_file(23)
     args = ["--captions", str(captions), "--images-per-caption", "3", "--resolution", "64", "--save-size", "32", "--shard-size", "4"]
-    assert main(["generate", *args, "--out", str(tmp_path / "one"), "--no-progress"]) == 0
+    assert main(["generate", *args, "--out", str(tmp_path / "one"), "--assign", "static", "--no-progress"]) == 0
     workers = [_cli(*args, "--assign", "static", "--out", str(tmp_path / "farm"), env={"WORLD_SIZE": "2", "RANK": str(r)})
                for r in (0, 1)]
     for worker in workers:
