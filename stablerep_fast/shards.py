@@ -12,7 +12,8 @@ A dataset folder (one sample per caption; a sample's key is its caption id, 9 di
     shard-000000.idx             DALI (wds2idx) index: "v1.2 <samples>", then one line per
                                  sample of "<ext> <data offset> <size> <member name>" groups
     shard-000000.done.json       written last: {shard, captions, images, bytes, seconds, rank,
-                                 dataset: the settings of dataset.json that define the images}
+                                 dataset: the settings of dataset.json that define the images,
+                                 index_bytes, index_crc32: the size and CRC-32 of its .idx}
     shard-000000.lock            held (``flock``) by the process writing the shard (static split)
     shard-000000.claim-0.json    a farm's claim on the shard (dynamic split, ``generate/farm/claims.py``):
                                  {holder, host, pid, rank, claimed, renewed, lease, ...}; a takeover
@@ -20,8 +21,10 @@ A dataset folder (one sample per caption; a sample's key is its caption id, 9 di
 
 A folder is a path or an fsspec URL (``stablerep_fast.storage``). Every file is published
 atomically (a temporary name, then a rename or move); a shard counts as done only
-when its done marker exists and its tar has the size the marker records. A sample's JSON holds
-``crc32``: the CRC-32 of each of its K image files, which readers check before decoding.
+when its done marker exists and its tar has the size the marker records. The .idx can always be
+rebuilt from the tar (``scan_tar``): a damaged one is read around by the loader and rewritten by
+the next ``generate`` run. A sample's JSON holds ``crc32``: the CRC-32 of each of its K image
+files, which readers check before decoding.
 Nothing else in a folder belongs to the package (``is_package_file``), so nothing else is ever
 removed or overwritten.
 """
@@ -31,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tarfile
 import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -178,19 +182,113 @@ def format_index(samples: list[list[IndexEntry]]) -> bytes:
 
 def read_index(path: str | os.PathLike) -> list[IndexEntry]:
     """The members an .idx file (a path or URL) lists; ValueError naming the file if it is not one."""
-    lines = storage.read_bytes(path).decode().splitlines()
+    return parse_index(storage.read_bytes(path), path)
+
+
+def parse_index(data: bytes, path: str | os.PathLike) -> list[IndexEntry]:
+    """The members the .idx text ``data`` (of the file ``path``) lists; ValueError naming the
+    file if it is not an index."""
+    try:
+        lines = data.decode().splitlines()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not an index (not text)") from None
     header = lines[0].split() if lines else []
-    if len(header) != 2 or header[0] != INDEX_VERSION:
+    if len(header) != 2 or header[0] != INDEX_VERSION or not header[1].isdigit():
         raise ValueError(f"{path}: expected a wds2idx {INDEX_VERSION} index, header is {header}")
+    if int(header[1]) != len(lines) - 1:
+        raise ValueError(f"{path}: its header counts {header[1]} samples, it lists {len(lines) - 1}")
     entries = []
     for number, line in enumerate(lines[1:], start=2):
         fields = line.split()
-        if len(fields) % 4:
+        if len(fields) % 4 or not fields:
             raise ValueError(f"{path}: line {number} does not hold groups of 'ext offset size name'")
         for i in range(0, len(fields), 4):
             ext, offset, size, name = fields[i : i + 4]
+            if not (offset.isdigit() and size.isdigit()):
+                raise ValueError(f"{path}: line {number}: offset {offset!r} and size {size!r} are not byte counts")
             entries.append((ext, int(offset), int(size), name))
     return entries
+
+
+def checked_index(data: bytes, path: str | os.PathLike, tar_size: int, done: Mapping) -> list[IndexEntry]:
+    """``parse_index``, then checked against the shard: the size and CRC-32 its done marker
+    ``done`` records (when it does), its sample and member counts, and member byte ranges that
+    follow each other in a tar of ``tar_size`` bytes as tar lays them out; ValueError saying what
+    is wrong."""
+    recorded = (done.get("index_bytes"), done.get("index_crc32"))
+    if recorded != (None, None) and recorded != (len(data), index_checksum(data)):
+        raise ValueError(f"{path}: {len(data)} bytes of CRC-32 {index_checksum(data)}, its done marker records "
+                         f"{recorded[0]} bytes of CRC-32 {recorded[1]}")  # fmt: skip
+    entries = parse_index(data, path)
+    samples = len(index_samples(entries))
+    captions, images = done.get("captions"), done.get("images")
+    if isinstance(captions, int) and isinstance(images, int) and (samples, len(entries)) != (captions, 2 * captions + images):
+        raise ValueError(f"{path}: lists {samples} samples of {len(entries)} members, its done marker records "
+                         f"{captions} captions and {images} images")  # fmt: skip
+    start = tarfile.BLOCKSIZE  # the first member's data follows its header
+    for _, offset, size, name in entries:
+        if offset % tarfile.BLOCKSIZE or offset < start or offset + size > tar_size:
+            raise ValueError(f"{path}: {name} at bytes {offset}+{size} is not where a member of the {tar_size}-byte "
+                             "tar can be")  # fmt: skip
+        start = offset + -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE + tarfile.BLOCKSIZE
+    return entries
+
+
+def index_checksum(data: bytes) -> int:
+    """The checksum a done marker records of its shard's .idx (CRC-32)."""
+    return zlib.crc32(data)
+
+
+def index_samples(entries: list[IndexEntry]) -> list[list[IndexEntry]]:
+    """Members grouped by sample, as an .idx lists them: runs of one key, in tar order."""
+    samples: list[list[IndexEntry]] = []
+    for entry in entries:
+        if samples and split_member(samples[-1][0][3])[0] == split_member(entry[3])[0]:
+            samples[-1].append(entry)
+        else:
+            samples.append([entry])
+    return samples
+
+
+def scan_tar(path: str | os.PathLike) -> list[IndexEntry]:
+    """The members of a shard's tar (a path or URL) read from its headers (``index_from_tar``
+    makes its .idx of them). ValueError naming the tar when it is truncated or not a tar."""
+    with storage.open_read(path) as f:
+        try:
+            with tarfile.open(fileobj=f) as archive:
+                entries = [(split_member(m.name)[1], m.offset_data, m.size, m.name) for m in archive if m.isfile()]
+                end = archive.offset
+        except (tarfile.TarError, EOFError) as exc:
+            raise ValueError(f"truncated or unreadable tar {path}: {exc}") from None
+        f.seek(end)  # tarfile stops quietly at a cut between members: check the end blocks
+        if f.read(2 * tarfile.BLOCKSIZE) != bytes(2 * tarfile.BLOCKSIZE):
+            raise ValueError(f"truncated tar {path}: no end-of-archive blocks after byte {end}")
+    return entries
+
+
+def index_from_tar(tar: str | os.PathLike, done: Mapping) -> bytes:
+    """The .idx of a done shard rebuilt from its tar's headers: the bytes its writer wrote, checked
+    against its done marker ``done`` as a written one is (``checked_index``). ValueError naming the
+    tar when it is unreadable or not the tar the marker describes."""
+    data = format_index(index_samples(scan_tar(tar)))
+    try:
+        checked_index(data, "its index", done["bytes"], done)
+    except ValueError as exc:
+        raise ValueError(f"{tar} is not the tar its done marker describes ({exc})") from None
+    return data
+
+
+def index_problem(folder: Folder, shard: int, done: Mapping, listing: Mapping[str, tuple[int, float | None]]) -> str | None:
+    """What is wrong with the .idx of done ``shard`` as far as ``listing`` (the folder's files,
+    ``storage.list_files``) shows without reading it: missing, or another size than its done
+    marker ``done`` records; None when nothing shows."""
+    name = shard_stem(shard) + INDEX_SUFFIX
+    if name not in listing:
+        return f"{name} is missing"
+    recorded = done.get("index_bytes")
+    if isinstance(recorded, int) and listing[name][0] != recorded:
+        return f"{name} has {listing[name][0]} bytes, its done marker records {recorded}"
+    return None
 
 
 # The done marker.

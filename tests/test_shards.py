@@ -1,6 +1,9 @@
 """The shard format module: names, keys, the .idx round trip, done markers."""
 
+import io
 import json
+import tarfile
+import zlib
 
 import pytest
 
@@ -89,3 +92,79 @@ def test_read_dataset_names_the_missing_file(tmp_path):
     assert not shards.is_dataset(tmp_path)
     (tmp_path / shards.DATASET_FILE).write_text(json.dumps({"images_per_caption": 3}))
     assert shards.is_dataset(tmp_path) and shards.read_dataset(tmp_path) == {"images_per_caption": 3}
+
+
+def _tar_with_index(folder, samples: int = 3, k: int = 2) -> tuple[bytes, dict]:
+    """shard-000000.tar as tarfile lays it out (json, txt and k images per sample), with the .idx
+    bytes of its members (tarfile's own offsets) and the done marker a writer records."""
+    path = folder / "shard-000000.tar"
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for i in range(samples):
+            for ext in ("json", "txt", *(f"{j}.jpg" for j in range(k))):
+                data = f"{i}-{ext}".encode() * (1 + 300 * (ext == "0.jpg"))  # one member longer than a block
+                info = tarfile.TarInfo(f"{i:09d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    with tarfile.open(path) as tar:
+        lines = [f"v1.2 {samples}"]
+        members = tar.getmembers()
+        per = 2 + k
+        for i in range(samples):
+            group = members[i * per : (i + 1) * per]
+            lines.append(" ".join(f"{m.name.split('.', 1)[1]} {m.offset_data} {m.size} {m.name}" for m in group))
+    index = ("\n".join(lines) + "\n").encode()
+    done = {"bytes": path.stat().st_size, "captions": samples, "images": samples * k,
+            "index_bytes": len(index), "index_crc32": zlib.crc32(index)}  # fmt: skip
+    return index, done
+
+
+def test_the_index_rebuilt_from_the_tar_is_the_written_one(tmp_path):
+    index, _ = _tar_with_index(tmp_path)
+    entries = shards.scan_tar(tmp_path / "shard-000000.tar")
+    assert shards.format_index(shards.index_samples(entries)) == index
+    (tmp_path / "cut.tar").write_bytes((tmp_path / "shard-000000.tar").read_bytes()[:2000])
+    with pytest.raises(ValueError, match="truncated"):
+        shards.scan_tar(tmp_path / "cut.tar")
+
+
+def test_a_damaged_index_is_told_from_its_shard(tmp_path):
+    """checked_index takes the index written for the shard and refuses any damage: against the
+    size and CRC-32 its done marker records, and, for markers that record none, by its form,
+    its counts and where tar can hold members."""
+    index, done = _tar_with_index(tmp_path)
+    size = done["bytes"]
+    expected = shards.parse_index(index, "x.idx")
+    assert shards.checked_index(index, "x.idx", size, done) == expected
+    older = {key: value for key, value in done.items() if not key.startswith("index_")}
+    assert shards.checked_index(index, "x.idx", size, older) == expected
+    flipped = index.replace(b" 512 ", b" 612 ", 1)
+    with pytest.raises(ValueError, match="x.idx: .* its done marker records"):
+        shards.checked_index(flipped, "x.idx", size, done)
+    lines = index.decode().splitlines()
+    first = lines[1].split()
+    damaged = {
+        "garbage": b"garbage\n",
+        "cut": index[: len(index) // 2],
+        "not text": b"\xff\xfe" + index,
+        "a sample fewer": ("\n".join([f"v1.2 {len(lines) - 2}", *lines[2:]]) + "\n").encode(),
+        "an image fewer": ("\n".join([lines[0], " ".join(first[:-4]), *lines[2:]]) + "\n").encode(),
+        "unaligned": index.replace(b" 512 ", b" 513 ", 1),
+        "overlapping": ("\n".join([lines[0], lines[2], lines[1], *lines[3:]]) + "\n").encode(),
+        "past the end": index.replace(f" {first[-3]} ".encode(), f" {size} ".encode(), 1),
+    }
+    for name, data in damaged.items():
+        with pytest.raises(ValueError, match="x.idx"):
+            shards.checked_index(data, "x.idx", size, older)
+            pytest.fail(f"{name}: taken for the shard's index")
+
+
+def test_index_problems_show_in_a_listing(tmp_path):
+    index, done = _tar_with_index(tmp_path)
+    idx = tmp_path / "shard-000000.idx"
+    idx.write_bytes(index)
+    assert shards.index_problem(tmp_path, 0, done, storage.list_files(tmp_path)) is None
+    idx.write_bytes(index[:-1])
+    assert shards.index_problem(tmp_path, 0, done, storage.list_files(tmp_path)) == (
+        f"shard-000000.idx has {len(index) - 1} bytes, its done marker records {len(index)}")
+    idx.unlink()
+    assert shards.index_problem(tmp_path, 0, done, storage.list_files(tmp_path)) == "shard-000000.idx is missing"

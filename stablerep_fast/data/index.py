@@ -6,7 +6,9 @@ images are pooled per caption; folders that hold the same images are refused, as
 would be copies of each other), or a brace pattern over folders or tars; each may be a path or
 an fsspec URL (``stablerep_fast.storage``: s3://, gs://, file://, memory://). Images are byte ranges
 inside the tars, so a loader reads exactly the members it decodes; a sample's caption id comes
-from its key, so indexing reads no member at all when the shard has its .idx.
+from its key, so indexing reads no member at all when the shard has its .idx. A shard whose .idx
+is missing or damaged (checked against its done marker and its tar's size) is indexed from its
+tar's headers instead, with a warning naming it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import json
 import logging
 import os
 import re
-import tarfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -188,8 +189,9 @@ def _finished(tars: Iterable[str]) -> list[str]:
 
 
 def _read_shard(tar: str, config: dict) -> dict[str, dict[str, Member]]:
-    """{key: {extension: Member}} from the shard's .idx (or a tar scan without one), checked
-    against its done marker (size, and the configuration it was made with: ``config``'s)."""
+    """{key: {extension: Member}} from the shard's .idx (or a tar scan when that is missing or
+    damaged), checked against its done marker (size, and the configuration it was made with:
+    ``config``'s)."""
     tar_size = storage.size(tar)
     try:
         done = fmt.read_done(fmt.sibling(tar, fmt.DONE_SUFFIX))
@@ -202,38 +204,31 @@ def _read_shard(tar: str, config: dict) -> dict[str, dict[str, Member]]:
     if made_with is not None and made_with != config:
         changed = sorted(k for k in config if not isinstance(made_with, dict) or made_with.get(k) != config.get(k))
         raise ShardError(f"{tar} was made with another configuration than its folder's dataset.json ({', '.join(changed)})")
-    idx = fmt.sibling(tar, fmt.INDEX_SUFFIX)
-    entries = _read_idx(idx, tar) if storage.exists(idx) else _scan_tar(tar)
     samples: dict[str, dict[str, Member]] = defaultdict(dict)
-    for member in entries:
-        if member.offset < 0 or member.size < 0 or member.offset + member.size > tar_size:
-            raise ShardError(f"{tar}: {member.name} at bytes {member.offset}+{member.size} is outside the {tar_size}-byte tar "
-                             "(truncated tar or damaged index)")  # fmt: skip
-        key, ext = fmt.split_member(member.name)
-        samples[key][ext] = member
+    for _, offset, size, name in _index_entries(tar, tar_size, done):
+        key, ext = fmt.split_member(name)
+        samples[key][ext] = Member(tar, offset, size, name)
     return samples
 
 
-def _read_idx(idx: str, tar: str) -> list[Member]:
+def _index_entries(tar: str, tar_size: int, done: dict) -> list[fmt.IndexEntry]:
+    """The members the shard's .idx lists; read from the tar's headers, with a warning naming the
+    .idx, when that is missing or damaged; ShardError when the tar cannot stand in for it either
+    (unreadable, or not the tar its done marker ``done`` describes)."""
+    idx = fmt.sibling(tar, fmt.INDEX_SUFFIX)
     try:
-        entries = fmt.read_index(idx)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ShardError(str(exc) if idx in str(exc) else f"damaged index {idx}: {exc}") from None
-    return [Member(tar, offset, size, name) for _, offset, size, name in entries]
-
-
-def _scan_tar(tar: str) -> list[Member]:
-    with storage.open_read(tar) as f:
-        try:
-            with tarfile.open(fileobj=f) as archive:
-                members = [Member(tar, m.offset_data, m.size, m.name) for m in archive if m.isfile()]
-                end = archive.offset
-        except (tarfile.TarError, EOFError) as exc:
-            raise ShardError(f"truncated or unreadable tar {tar}: {exc}") from exc
-        f.seek(end)  # tarfile stops quietly at a cut between members: check the end blocks
-        if f.read(2 * tarfile.BLOCKSIZE) != bytes(2 * tarfile.BLOCKSIZE):
-            raise ShardError(f"truncated tar {tar}: no end-of-archive blocks after byte {end}")
-    return members
+        return fmt.checked_index(storage.read_bytes(idx), idx, tar_size, done)
+    except FileNotFoundError:
+        problem = f"{idx} is missing"
+    except ValueError as exc:
+        problem = f"damaged index {exc}"
+    try:
+        data = fmt.index_from_tar(tar, done)
+    except ValueError as exc:
+        raise ShardError(f"{problem}, and {exc}") from None
+    log.warning("%s; indexed from the tar's headers instead (slower to open; remove the .idx and run generate on "
+                "the folder again to rewrite it)", problem)  # fmt: skip
+    return fmt.parse_index(data, tar)
 
 
 def _add_samples(by_caption: dict[int, Caption], samples: dict[str, dict[str, Member]], config: dict, tar: str) -> int:

@@ -130,8 +130,8 @@ def test_a_batch_with_no_readable_image_is_skipped_and_counted(tmp_path, backend
 
 def test_garbage_metadata_skips_what_it_describes(tmp_path, caplog):
     """A garbage KEY.json: its caption's images cannot be checked, so it is left out (named);
-    a garbage done marker or .idx line: the shard is skipped (named); a garbage dataset.json:
-    one error naming it."""
+    a garbage done marker: the shard is skipped (named); a garbage .idx line: the shard is indexed
+    from its tar (named); a garbage dataset.json: one error naming it."""
     folder = write_shards(tmp_path / "data", 12, shard_size=4)
     index = open_index(folder)
     record = index.captions[1].meta
@@ -142,11 +142,12 @@ def test_garbage_metadata_skips_what_it_describes(tmp_path, caplog):
     idx.write_text("\n".join([*lines[:2], "jpg 12 x", *lines[3:]]) + "\n")
     with caplog.at_level(logging.WARNING, logger="stablerep_fast.data"):
         index = open_index(folder)
-        loader = _loader(folder, "torch", 3, 2)
+        loader = _loader(folder, "torch", 8, 2)
         batches = list(loader)
-    assert index.skipped_shards == [str(folder / "shard-000001.tar"), str(folder / "shard-000002.tar")]
-    assert "shard-000001.done.json is damaged" in caplog.text and "shard-000002.idx" in caplog.text
-    assert [c.caption_id for c in index.captions] == [0, 1, 2, 3]
+    assert index.skipped_shards == [str(folder / "shard-000001.tar")]
+    assert "shard-000001.done.json is damaged" in caplog.text
+    assert f"damaged index {idx}: " in caplog.text and "indexed from the tar's headers instead" in caplog.text
+    assert [c.caption_id for c in index.captions] == [0, 1, 2, 3, 8, 9, 10, 11]
     assert len(batches) == 1 and loader.skipped.skipped_captions == 1 and loader.skipped.corrupt_images == K
     assert f"its sample record {record.name} is damaged" in caplog.text
     (folder / "dataset.json").write_text('{"images_per_caption": ')

@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import zlib
 
 import pytest
 from conftest import CAPTIONS, K, write_shards
@@ -42,6 +43,26 @@ def test_index_file_and_tar_scan_agree(shards, tmp_path):
     assert open_index(folder).captions == with_idx
 
 
+@pytest.mark.parametrize("damage", ["garbage", "cut", "same size", "missing"])
+def test_a_damaged_index_is_read_around_from_the_tar_and_named(tmp_path, caplog, damage):
+    """Whatever happened to a done shard's .idx (garbage, a cut, a flipped digit, gone), its
+    captions are indexed from the tar: the same members as with the intact index, and a warning
+    naming the .idx."""
+    folder = write_shards(tmp_path / "data", 20)
+    intact = open_index(folder)
+    idx = folder / "shard-000001.idx"
+    data = idx.read_bytes()
+    damaged = {"garbage": b"garbage\n", "cut": data[: len(data) // 3], "same size": data.replace(b" 512 ", b" 612 ", 1)}
+    if damage == "missing":
+        idx.unlink()
+    else:
+        idx.write_bytes(damaged[damage])
+    with caplog.at_level(logging.WARNING, logger="stablerep_fast.data"):
+        index = open_index(folder)
+    assert index.captions == intact.captions and index.skipped_shards == [] and len(index.shards) == 2
+    assert f"{idx}" in caplog.text and "indexed from the tar's headers instead" in caplog.text
+
+
 def test_folders_pool_images_per_caption(tmp_path):
     for seed in (0, 1):
         write_shards(tmp_path / f"seed{seed}", 6, seed=seed)
@@ -63,7 +84,12 @@ def test_missing_member_is_counted(tmp_path, caplog):
     fields = lines[1].split()  # caption 0: drop its image 1 from the index, as if never written
     at = fields.index("000000000.1.jpg")
     lines[1] = " ".join(fields[: at - 3] + fields[at + 1 :])
-    (folder / "shard-000000.idx").write_text("\n".join(lines) + "\n")
+    index = ("\n".join(lines) + "\n").encode()
+    (folder / "shard-000000.idx").write_bytes(index)
+    marker = folder / "shard-000000.done.json"  # which agrees, or the index would be taken for damaged
+    record = json.loads(marker.read_text())
+    record.update(images=record["images"] - 1, index_bytes=len(index), index_crc32=zlib.crc32(index))
+    marker.write_text(json.dumps(record))
     with caplog.at_level(logging.WARNING, logger="stablerep_fast.data"):
         index = open_index(folder)
     assert index.missing_members == 1

@@ -7,6 +7,7 @@ s % world_size == r (``ranks.py``).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
@@ -14,7 +15,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -32,18 +33,21 @@ from stablerep_fast.generate.farm.writer import (
     clear_shard,
     dataset_record,
     ensure_dataset_json,
+    rewrite_index,
     shard_lock,
 )
 from stablerep_fast.generate.models.families import generation_defaults
 from stablerep_fast.generate.models.loader import load_generator, resolve_dtype
 from stablerep_fast.generate.models.protocol import Generator, backend_name, checked_latent_shape, generated_images
-from stablerep_fast.shards import is_done, sample_key
+from stablerep_fast.shards import done_shards, index_problem, is_done, sample_key
 
 # Batches waiting for the writer thread before generation pauses: enough to hide JPEG
 # encoding behind the next batch, few enough to bound memory.
 MAX_PENDING_WRITES = 4
 # Test hook: seconds to sleep after each batch (a slow rank in the farm tests).
 BATCH_DELAY_ENV = "STABLEREP_FAST_TEST_BATCH_DELAY"
+
+log = logging.getLogger("stablerep_fast.generate")
 
 
 @dataclass
@@ -63,6 +67,7 @@ class GenerateSummary:
     assign: str = "static"
     takeovers: int = 0  # shards this run took over from an expired claim
     lost: int = 0  # shards this run started but lost to a takeover (nothing published)
+    indexes_rewritten: list[int] = field(default_factory=list)  # done shards whose damaged .idx this run rewrote
 
     @property
     def images_per_second(self) -> float:
@@ -77,6 +82,8 @@ class GenerateSummary:
             lines.append(f"note: {self.blanks} blank or null captions in {captions} (skipped)")
         if self.takeovers or self.lost:
             lines.append(f"note: {self.takeovers} shards taken over from expired claims, {self.lost} lost to a takeover")
+        if self.indexes_rewritten:
+            lines.append(f"note: the .idx of done shards {self.indexes_rewritten} was damaged or missing; rewritten from their tars")
         lines.append(f"rank {self.rank}/{self.world_size}: {self.images} images of {self.captions} captions in "
                      f"{self.shards_written} shards, {self.seconds:.1f} s ({self.images_per_second:.2f} images/s, "
                      f"{self.model}, backend {self.backend}); {self.shards_skipped} shards already done -> {self.out}")  # fmt: skip
@@ -193,6 +200,25 @@ def _generate_shard(
         raise
 
 
+def _repair_indexes(out: Path | str, done: dict[int, dict], listing: dict[str, tuple[int, float | None]]) -> list[int]:
+    """Rewrite from its tar the .idx of each ``done`` shard (shard -> done marker) that ``listing``
+    shows damaged (``shards.index_problem``); the shards rewritten. A shard whose tar cannot be
+    read either is left as it is, with a warning (the loader skips it, naming it)."""
+    rewritten = []
+    for shard, record in sorted(done.items()):
+        problem = index_problem(out, shard, record, listing)
+        if problem is None:
+            continue
+        try:
+            rewrite_index(out, shard, record)
+        except ValueError as exc:
+            log.warning(f"{problem}, and it cannot be rewritten: {exc}; remove the shard's files (tar, .idx, done "
+                        "marker) and run generate again to redo it")  # fmt: skip
+            continue
+        rewritten.append(shard)
+    return rewritten
+
+
 def generate(config: GenerateConfig) -> GenerateSummary:
     """Generate the shards of ``config.out`` (a folder or an fsspec URL) that are not done yet: with
     ``assign="dynamic"`` whichever shards this process claims, until every shard is done; with
@@ -232,8 +258,10 @@ def generate(config: GenerateConfig) -> GenerateSummary:
     else:
         first = rank * num_shards // world_size
         candidates = list(range(first, num_shards)) + list(range(first))
-    listed = storage.list_files(out)  # one listing; only shards with a done marker are read
-    todo = [s for s in candidates if not is_done(out, s, listed)]
+    listed = storage.list_files(out)  # one listing; only the done markers are read
+    done, _ = done_shards(out, listed)  # a damaged marker: its shard is not done, and is redone
+    todo = [s for s in candidates if s not in done]
+    rewritten = _repair_indexes(out, {s: done[s] for s in candidates if s in done}, listed)
 
     def size_of(shard_list: list[int]) -> int:
         return sum(len(_shard_captions(s, config.shard_size, len(captions))) for s in shard_list)
@@ -245,7 +273,8 @@ def generate(config: GenerateConfig) -> GenerateSummary:
                     desc=f"generate rank {rank}/{world_size}", disable=not config.progress)  # fmt: skip
     summary = GenerateSummary(out=out, rank=rank, world_size=world_size, model=pipe.model_id, backend=backend_name(pipe),
                               shards_written=0, shards_skipped=len(candidates) - len(todo), captions=0, images=0,
-                              seconds=0.0, duplicates=captions.duplicates, blanks=captions.blanks, assign=config.assign)  # fmt: skip
+                              seconds=0.0, duplicates=captions.duplicates, blanks=captions.blanks, assign=config.assign,
+                              indexes_rewritten=rewritten)  # fmt: skip
 
     def run(shard: int, **claim) -> None:
         _generate_shard(config, pipe, captions.texts, shard, rank, executor, progress, started, record, **claim)

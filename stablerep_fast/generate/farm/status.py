@@ -49,6 +49,7 @@ class FarmStatus:
     hosts: dict[str, HostStatus] = field(default_factory=dict)
     assign: str | None = None  # the split dataset.json records ("dynamic", "static"); None: not recorded
     unreadable_claims: list[str] = field(default_factory=list)  # claim files holding no claim record
+    damaged_indexes: list[int] = field(default_factory=list)  # done shards whose .idx is missing or of another size
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
@@ -122,6 +123,7 @@ def farm_status(folder: storage.Location, *, interval: float = 600.0, now: float
         hosts=dict(sorted(hosts.items())),
         assign=dataset.get(shards.ASSIGN_FIELD),
         unreadable_claims=sorted(unreadable),
+        damaged_indexes=[s for s, record in sorted(done.items()) if shards.index_problem(folder, s, record, files)],
     )
 
 
@@ -149,6 +151,9 @@ def format_status(status: FarmStatus) -> str:
                      f"shards now): {', '.join(status.unreadable_claims[:5])}")  # fmt: skip
     if status.damaged:
         lines.append(f"damaged shards (done marker unreadable or tar of another size; the next generate run redoes them): {status.damaged[:10]}")
+    if status.damaged_indexes:
+        lines.append(f"done shards with a missing or damaged .idx (the loader reads their tars instead; the next generate "
+                     f"run rewrites them): {status.damaged_indexes[:10]}")  # fmt: skip
     for name, host in status.hosts.items():
         lines.append(f"  {name}: {host.shards_done} shards, {host.images_done} images, {host.images_per_second:.2f} images/s, "
                      f"{host.claimed} claimed now")  # fmt: skip

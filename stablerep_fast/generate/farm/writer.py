@@ -101,7 +101,8 @@ class ShardWriter:
         if not self._file.commit():
             raise ClaimLost(f"{self.path} was published by another process first (two processes with one rank?); "
                             "nothing overwritten")  # fmt: skip
-        storage.write_bytes(shards.shard_file(self.out, self.shard, shards.INDEX_SUFFIX), shards.format_index(self.index))
+        index = shards.format_index(self.index)
+        storage.write_bytes(shards.shard_file(self.out, self.shard, shards.INDEX_SUFFIX), index)
         done = {
             "shard": self.shard,
             "captions": len(self.index),
@@ -113,6 +114,8 @@ class ShardWriter:
             "host": socket.gethostname(),
             "holder": self.holder,
             "dataset": self.dataset,
+            "index_bytes": len(index),
+            "index_crc32": shards.index_checksum(index),
         }
         if not shards.write_done(self.out, self.shard, done, exclusive=True):
             raise ClaimLost(f"{self.path}: another process wrote its done marker first")
@@ -186,6 +189,14 @@ def check_output_folder(out: storage.Location, record: dict, assign: str | None 
         raise OutputError(f"--out {out} holds files stablerep-fast did not write or cannot vouch for "
                           f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}) and no dataset.json; "
                           "use an empty or new folder")  # fmt: skip
+
+
+def rewrite_index(out: storage.Location, shard: int, done: dict) -> None:
+    """Write the .idx of done ``shard`` (``done``: its done marker) again, from its tar's headers:
+    the bytes its writer wrote. ValueError naming the tar, with nothing written, when that is
+    unreadable or not the tar the marker describes."""
+    data = shards.index_from_tar(shards.shard_file(out, shard, shards.TAR_SUFFIX), done)
+    storage.write_bytes(shards.shard_file(out, shard, shards.INDEX_SUFFIX), data)
 
 
 def clear_shard(out: storage.Location, shard: int) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from stablerep_fast.cli import main
 from stablerep_fast.errors import LockError, OutputError
-from stablerep_fast.generate import GenerateConfig, GenerateError, generate
+from stablerep_fast.generate import GenerateConfig, GenerateError, farm_status, generate
 
 
 def _config(captions, out, **overrides):
@@ -100,3 +100,34 @@ def test_a_second_static_writer_of_the_same_shard_is_told_in_one_line(captions_f
         holder.wait()
     summary = generate(_config(captions, out, assign="static"))  # the holder is gone: the kernel dropped its lock
     assert summary.shards_written == 3 and not (out / "shard-000000.lock").exists()
+
+
+@pytest.mark.parametrize("assign", ["dynamic", "static"])
+def test_a_damaged_index_of_a_done_shard_is_reported_and_rewritten_on_resume(captions_file, tmp_path, assign, capsys):
+    """farm-status names done shards whose .idx is gone or of another size; the next generate
+    run rewrites it from the tar (the bytes first written), says so, and regenerates nothing."""
+    captions, out = captions_file(6), tmp_path / "data"
+    generate(_config(captions, out, assign=assign))
+    written = _snapshot(out)
+    (out / "shard-000000.idx").write_bytes(b"garbage")
+    (out / "shard-000002.idx").unlink()
+    assert farm_status(out).damaged_indexes == [0, 2]
+    assert main(["farm-status", str(out)]) == 0
+    assert "done shards with a missing or damaged .idx" in capsys.readouterr().out
+    summary = generate(_config(captions, out, assign=assign))
+    assert (summary.shards_written, summary.shards_skipped, summary.indexes_rewritten) == (0, 3, [0, 2])
+    assert "note: the .idx of done shards [0, 2] was damaged or missing; rewritten from their tars" in summary.format(captions)
+    assert _snapshot(out) == written and farm_status(out).damaged_indexes == []
+
+
+def test_a_done_shard_whose_tar_cannot_be_read_either_is_left_with_a_warning(captions_file, tmp_path, caplog):
+    captions, out = captions_file(4), tmp_path / "data"
+    generate(_config(captions, out))
+    tar = out / "shard-000001.tar"
+    tar.write_bytes(bytes(tar.stat().st_size))  # the size its marker records, no tar inside
+    (out / "shard-000001.idx").unlink()
+    before = _snapshot(out)
+    with caplog.at_level("WARNING", logger="stablerep_fast.generate"):
+        summary = generate(_config(captions, out))
+    assert summary.indexes_rewritten == [] and _snapshot(out) == before
+    assert "shard-000001.idx is missing, and it cannot be rewritten" in caplog.text and "run generate again to redo it" in caplog.text
