@@ -203,20 +203,26 @@ def _run_probe(args: argparse.Namespace) -> int:
 
 
 def _add_demo(subparsers) -> None:
-    from stablerep_fast.demo import STUDIES, DemoConfig
+    from stablerep_fast.demo import STUDIES, WORLDS, DemoConfig
 
     d = DemoConfig(out=Path())
-    p = subparsers.add_parser("demo", help="shapes data -> multi-positive vs SimCLR vs random init, on a CPU in minutes")
+    p = subparsers.add_parser("demo", help="generated digits -> multi-positive vs SimCLR (generated and real) vs random init "
+                                           "vs raw pixels, judged on real digits, on a CPU in minutes")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="output folder: data, runs, results.json, probe_vs_step.png")
-    p.add_argument("--quick", action="store_true", help="a reduced run (under a minute) for CI")
+    p.add_argument("--world", choices=WORLDS, default=None, help=f"generated world (default {d.world}; shapes: the older one)")
+    p.add_argument("--quick", action="store_true", help="a reduced run (about a minute) for CI")
     p.add_argument("--seeds", type=csv_list(int), default=None, help="comma list, e.g. 0,1,2: mean +- std over seeds (default 0)")
     p.add_argument("--steps", type=int, default=None, help=f"training steps per encoder (default {d.recipe.steps})")
     p.add_argument("--captions", type=int, default=None, help=f"captions to generate (default {d.captions})")
-    p.add_argument("--validation", action="store_true", help="probe on a split of the probe's training images (choosing settings)")
+    p.add_argument("--fidelity", type=float, default=None, help="the generator's guidance: how closely images follow their caption")
+    p.add_argument("--validation", action="store_true",
+                   help="evaluate on a split of the real training scans, never the test scans (choosing settings)")
     p.add_argument("--study", choices=STUDIES, default=None,
-                   help="augment: each method's accuracy per augmentation strength (on the validation split); m: multi-positive per m")
+                   help="accuracy per value of one recipe setting, on the validation split (values: --study-values)")
+    p.add_argument("--study-values", type=csv_list(float), default=None, help="comma list of the study's values")
     p.add_argument("--online", action="store_true",
                    help="train multi-positive on images generated while training (same captions) instead of stored shards")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier demo's results in --out")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=_run_demo)
 
@@ -224,11 +230,12 @@ def _add_demo(subparsers) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from stablerep_fast.demo import DemoConfig, run_demo, run_study
 
-    config = DemoConfig.quick(args.out) if args.quick else DemoConfig(out=args.out)
+    config = DemoConfig.quick(args.out, world=args.world or "digits") if args.quick else DemoConfig(out=args.out)
     config = config.with_overrides(seeds=args.seeds, steps=args.steps, captions=args.captions, progress=args.progress,
-                                   validation=args.validation, online=args.online)  # fmt: skip
+                                   validation=args.validation, online=args.online, world=args.world,
+                                   fidelity=args.fidelity, overwrite=args.overwrite or None)  # fmt: skip
     if args.study:
-        run_study(config, args.study)
+        run_study(config, args.study, args.study_values)
     else:
         run_demo(config)
         print(f"wrote {args.out / 'results.json'}")

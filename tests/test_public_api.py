@@ -61,7 +61,8 @@ COMMANDS = {
         "--data", "--checkpoint", "--method", "--sweep", "--epochs", "--batch-size", "--knn-k", "--image-size",
         "--per-class", "--seed", "--device", "--json",
     ],
-    "demo": ["--out", "--quick", "--seeds", "--steps", "--captions", "--validation", "--study", "--online", "--no-progress"],
+    "demo": ["--out", "--world", "--quick", "--seeds", "--steps", "--captions", "--fidelity", "--validation", "--study",
+             "--study-values", "--online", "--overwrite", "--no-progress"],
 }  # fmt: skip
 
 

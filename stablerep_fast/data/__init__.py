@@ -57,7 +57,6 @@ def build_loader(
     *,
     source: str | os.PathLike | Generator | None = None,
     online: OnlineConfig | dict | None = None,
-    allow_copies: bool = False,
 ) -> GroupLoader:
     """A loader of StableRep batches from generated shards, or generated while training.
 
@@ -82,8 +81,6 @@ def build_loader(
                          "pkg.module:Class"; every batch is generated fresh (data/online.py)
     online:              OnlineConfig or a mapping of its fields: captions, views, latent_std,
                          resolution, generator device, ... (used only with ``source``)
-    allow_copies:        pool folders that hold the same images (a folder and its copy), which are
-                         refused otherwise (see ``open_index``)
 
     Iterating yields images [n*m, 3, S, S] float32 normalised on ``device`` and labels [n*m]
     int64 caption ids, view-major (``labels == labels[:n].repeat(m)``); one pass is one epoch
@@ -103,7 +100,7 @@ def build_loader(
         return build_online_loader(source, captions_per_batch, images_per_caption, config=OnlineConfig.parse(online),
                                    device=device, seed=seed, rank=rank, world_size=world_size, **options)  # fmt: skip
     requested, backend = backend, _resolve_backend(backend, device)
-    index = open_index(shards, allow_copies=allow_copies)
+    index = open_index(shards)
     if requested == "auto" and device.type == "cpu" and "memory" in available_backends():
         from stablerep_fast.data.memory import fits_in_memory
 

@@ -64,6 +64,37 @@ def fits_in_memory(index: ShardIndex, budget: int = MEMORY_BUDGET) -> bool:
     return False
 
 
+def decode_index(index: ShardIndex) -> tuple[torch.Tensor, list[int], SkipCounts]:
+    """Every image of ``index``, decoded: uint8 [C, K, 3, H, W] (caption c's first ``counts[c]``
+    real, the rest zeros), the counts, and how many damaged images were left out (each logged)."""
+    per_caption, skipped = [], SkipCounts()
+    for caption in index.captions:
+        images, records = [], {}
+        for member, meta in zip(caption.images, caption.image_meta):
+            data = member.read()
+            why = damage(data, member, meta, records)
+            image = decode(data) if why is None else None
+            if image is None:
+                log.warning("corrupt image %s in %s (%s), left out of caption %d", member.name, member.path,
+                            why or "does not decode", caption.caption_id)  # fmt: skip
+                skipped.corrupt_images += 1
+                continue
+            images.append(image)
+        per_caption.append(images)
+    shapes = {tuple(image.shape) for images in per_caption for image in images}
+    if len(shapes) > 1:
+        raise DataError(f"images of {index.shards[0]} ... differ in size ({sorted(shapes)[:3]}); the memory "
+                        "backend needs one size: use backend='torch'")  # fmt: skip
+    if not shapes:
+        raise DataError(f"no image of {index.shards[0]} ... decodes")
+    counts = [len(images) for images in per_caption]
+    stacked = torch.zeros((len(per_caption), max(counts), *shapes.pop()), dtype=torch.uint8)
+    for c, images in enumerate(per_caption):
+        if images:
+            stacked[c, : len(images)] = torch.stack(images)
+    return stacked, counts, skipped
+
+
 class MemoryLoader(GroupLoader):
     """A ``GroupLoader`` over images held in memory: ``images`` uint8 [C, K, 3, H, W] (caption c's
     first ``counts[c]`` images are real, the rest padding), ``caption_ids`` [C] int64."""
@@ -93,35 +124,11 @@ class MemoryLoader(GroupLoader):
     @classmethod
     def from_index(cls, index: ShardIndex, captions_per_batch: int, images_per_caption: int, *, seed: int = 0,
                    rank: int = 0, world_size: int = 1, **options) -> MemoryLoader:  # fmt: skip
-        """Decode every image of ``index`` once (damaged ones named, counted and left out)."""
-        per_caption, skipped = [], SkipCounts()
-        for caption in index.captions:
-            images, records = [], {}
-            for member, meta in zip(caption.images, caption.image_meta):
-                data = member.read()
-                why = damage(data, member, meta, records)
-                image = decode(data) if why is None else None
-                if image is None:
-                    log.warning("corrupt image %s in %s (%s), left out of caption %d", member.name, member.path,
-                                why or "does not decode", caption.caption_id)  # fmt: skip
-                    skipped.corrupt_images += 1
-                    continue
-                images.append(image)
-            per_caption.append(images)
-        shapes = {tuple(image.shape) for images in per_caption for image in images}
-        if len(shapes) > 1:
-            raise DataError(f"images of {index.shards[0]} ... differ in size ({sorted(shapes)[:3]}); the memory "
-                            "backend needs one size: use backend='torch'")  # fmt: skip
-        if not shapes:
-            raise DataError(f"no image of {index.shards[0]} ... decodes")
-        counts = [len(images) for images in per_caption]
-        stacked = torch.zeros((len(per_caption), max(counts), *shapes.pop()), dtype=torch.uint8)
-        for c, images in enumerate(per_caption):
-            if images:
-                stacked[c, : len(images)] = torch.stack(images)
+        """Decode every image of ``index`` once (``decode_index``: damaged ones named, counted, left out)."""
+        images, counts, skipped = decode_index(index)
         sampler = GroupSampler(counts, captions_per_batch, images_per_caption, seed=seed, rank=rank, world_size=world_size)
         warn_left_out(sampler)
-        loader = cls(stacked, counts, [c.caption_id for c in index.captions], sampler, index=index, **options)
+        loader = cls(images, counts, [c.caption_id for c in index.captions], sampler, index=index, **options)
         loader.skipped += skipped
         return loader
 

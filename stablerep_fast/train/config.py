@@ -33,7 +33,6 @@ class TrainConfig:
     # "generator:MODEL" (shapes, a diffusers folder, pkg.module:Class): batches generated while training,
     # as ``online`` says (OnlineConfig fields: captions, views, latent_std, resolution, device, ...).
     data: str | list[str] = ""
-    allow_copies: bool = False  # pool data folders that hold the same images (a SimCLR-style baseline); else refused
     online: OnlineConfig | dict = field(default_factory=OnlineConfig)
     captions_per_batch: int = 1344  # n, over all ranks (x m = 8064 images per step)
     images_per_caption: int = 6  # m, drawn from each caption's K
@@ -238,6 +237,12 @@ PRESETS: dict[str, TrainConfig] = {
 PRESETS["cpu"] = replace(PRESETS["tiny"], image_size=64, model_kwargs={"img_size": 64, "patch_size": 8, "depth": 4},
                          steps=150, warmup_steps=15, checkpoint_every=150, augment=Augment.at_strength(0.25),
                          out="runs/cpu")  # fmt: skip
+# The digits demo's recipe: the same ViT on 16-px digits with 4-px patches (16 tokens), 32 captions x 4
+# images, no flips (a mirrored digit is another glyph); chosen on the real scans' validation split
+# (benchmarks/RESULTS.md, "Demo").
+PRESETS["digits"] = replace(PRESETS["cpu"], image_size=16, model_kwargs={"img_size": 16, "patch_size": 4, "depth": 4},
+                            steps=300, warmup_steps=30, checkpoint_every=300,
+                            augment=replace(Augment.at_strength(0.25), flip_p=0.0), out="runs/digits")  # fmt: skip
 
 
 def preset(name: str, **overrides) -> TrainConfig:

@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from stablerep_fast.atomic import atomic_write
-from stablerep_fast.errors import CheckpointError, ConfigError, OutputError, env_int
+from stablerep_fast.errors import CheckpointError, ConfigError, OutputError, check_device, env_int
 from stablerep_fast.ops import MultiPosConLoss, MultiPosConLossMM
 from stablerep_fast.train.checkpoint import (
     CHECKPOINT,
@@ -255,20 +255,12 @@ def _init_distributed() -> bool:
 
 
 def _device(config: TrainConfig) -> torch.device:
-    """``config.device``, or cuda when available; ConfigError for a device that is no torch
-    device or that this machine does not have."""
+    """``config.device``, or cuda when available; ConfigError for a device (or online generator
+    device) that is no torch device or that this machine does not have."""
+    if config.online.device is not None:
+        check_device(config.online.device, "online device")
     if config.device is not None:
-        try:
-            device = torch.device(config.device)
-        except RuntimeError:
-            raise ConfigError(f"device {config.device!r} is not a torch device; use cpu, cuda or cuda:INDEX") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"device {config.device!r}: no CUDA GPU is visible to torch here; use --device cpu, "
-                              "or leave it unset to take a GPU when there is one")  # fmt: skip
-        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-            raise ConfigError(f"device {config.device!r}: this machine has {torch.cuda.device_count()} GPU(s); "
-                              "choose cuda:0 to cuda:N-1")  # fmt: skip
-        return device
+        return check_device(config.device)
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
@@ -283,7 +275,7 @@ def _build_loader(config: TrainConfig, device: torch.device, rank: int, world: i
     return build_loader(
         config.data, config.captions_per_batch // world, config.images_per_caption, config.image_size,
         backend=config.loader_backend, device=device, seed=config.seed, rank=rank, world_size=world,
-        num_workers=config.num_workers, augment=config.augment, online=config.online, allow_copies=config.allow_copies,
+        num_workers=config.num_workers, augment=config.augment, online=config.online,
     )  # fmt: skip
 
 
