@@ -74,8 +74,10 @@ def run_train_suite(
     loader_backend: str = "auto",
     num_workers: int | None = None,
     repeats: int = 3,
+    precision: str = "auto",
 ) -> list[dict]:
-    """The variants (default: all three) of one training step; see the module docstring."""
+    """The variants (default: all three) of one training step; see the module docstring.
+    ``precision``: "auto" (bf16 autocast on GPU, fp32 on CPU), "bf16" or "fp32" (as TrainConfig's)."""
     from stablerep_fast.ops import multipos_con_loss
     from stablerep_fast.train import build_model
     from stablerep_fast.train import preset as train_preset
@@ -94,7 +96,7 @@ def run_train_suite(
     m, size = config.images_per_caption, config.image_size
     model = build_model(config).to(dev).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=0.1)
-    bf16 = dev.type == "cuda"
+    bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda")
     base = dict(suite="train", device=dev.type, dtype="bfloat16" if bf16 else "float32", model=config.model,
                 image_size=size, captions_per_batch=n, images_per_caption=m, batch=n * m)  # fmt: skip
 
