@@ -1,6 +1,7 @@
 """Kernels that check themselves: "auto" passes over a fused backend whose first run is wrong or
-raises (one warning, cached), an explicitly named one raises. Faulty stand-ins of the cpp record
-play the broken GPU kernels."""
+raises (one warning, cached), an explicitly named one raises; a fault that leaves the CUDA
+context unusable is one error naming it, not a fallback that fails the same way. Faulty
+stand-ins of the cpp record play the broken GPU kernels."""
 
 import dataclasses
 import warnings
@@ -22,8 +23,18 @@ CPU = torch.device("cpu")
 N, D = 300, 12  # 300^2 logits: above cpp's auto threshold
 
 
+LAUNCH_ERROR = "CUDA error: too many resources requested for launch"  # the context stays usable
+# A fault the way torch reports it (torch >= 2.8: torch.AcceleratorError, a RuntimeError).
+FAULT = ("CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be asynchronously "
+         "reported at some other API call, so the stacktrace below might be incorrect.")  # fmt: skip
+
+
 def _launch_error(*args):
-    raise RuntimeError("CUDA error: an illegal instruction was encountered")
+    raise RuntimeError(LAUNCH_ERROR)
+
+
+def _fault(*args):
+    raise RuntimeError(FAULT)
 
 
 FAULTY = {
@@ -33,6 +44,13 @@ FAULTY = {
     "wrong-grad": lambda calls: dict(weighted_sum=lambda *a: calls.append("ws") or 1.03 * CPP.weighted_sum(*a)),
     # A kernel that cannot launch.
     "raises": lambda calls: dict(lse=lambda *a: calls.append("lse") or _launch_error()),
+    # Right on the odd shape, wrong on the shape training launches (N a multiple of 16): a
+    # specialisation of its own in Triton.
+    "wrong-when-aligned": lambda calls: dict(
+        lse=lambda a, *r: calls.append("lse") or CPP.lse(a, *r) + (0.25 if a.shape[0] % 16 == 0 else 0.0)
+    ),
+    # A kernel that faults: the backward's kernel reads out of bounds.
+    "faults": lambda calls: dict(weighted_sum=lambda *a: calls.append("ws") or _fault()),
 }
 
 
@@ -56,7 +74,7 @@ def _feats():
 @pytest.mark.parametrize(
     "faulty,reason",
     [("wrong-lse", "image-image loss off by"), ("wrong-grad", "image-image d rows off by"),
-     ("raises", "RuntimeError: CUDA error: an illegal instruction")],
+     ("raises", f"RuntimeError: {LAUNCH_ERROR}"), ("wrong-when-aligned", "image-image loss off by")],
     indirect=["faulty"],
 )
 def test_auto_warns_once_and_falls_back_to_the_next_backend(faulty, reason):
@@ -97,9 +115,49 @@ def test_reasons_name_what_is_off(faulty):
     assert reason is not None and "image-image d rows off by" in reason
     assert self_check.failure(CPP, CPU, torch.float32, "ieee", 5) is None
     raising = dataclasses.replace(CPP, lse=_launch_error)
-    assert self_check.failure(raising, CPU, torch.float32, "ieee", 5) == (
-        "RuntimeError: CUDA error: an illegal instruction was encountered"
-    )
+    assert self_check.failure(raising, CPU, torch.float32, "ieee", 5) == f"RuntimeError: {LAUNCH_ERROR}"
+
+
+@pytest.mark.parametrize("faulty", ["wrong-when-aligned"], indirect=True)
+def test_the_shape_training_launches_is_checked_too(faulty):
+    """A kernel right on the odd shape but wrong where N is a multiple of 16 (what training
+    launches) is caught, at that shape."""
+    small, aligned = self_check.SHAPES
+    assert small[0] % 16 and small[1] % 16 and not aligned[0] % 16 and not aligned[1] % 16
+    assert aligned[0] > 128 and aligned[1] > 64  # several row tiles (64, 128) and column steps (64)
+    reason = self_check.failure(dispatch._RECORDS["faulty"], CPU, torch.float32, "ieee", 5)
+    assert reason.startswith("image-image loss off by") and reason.endswith(f"at {aligned[0]} x {aligned[1]}")
+
+
+@pytest.mark.parametrize("faulty", ["faults"], indirect=True)
+@pytest.mark.parametrize("named", [False, True])
+def test_a_fault_that_loses_the_cuda_context_is_one_error_not_a_fallback(faulty, named):
+    """After an illegal memory access every CUDA call fails, the fallback's too: the check says
+    so in one line with what to do, whether "auto" or the backend's name was asked for."""
+    feats, labels = _feats()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "uses the next one" warning
+        with pytest.raises(self_check.CudaContextLost) as caught:
+            multipos_con_loss(feats, labels, 0.1, backend="faulty" if named else "auto")
+    message = str(caught.value)
+    assert "\n" not in message and caught.value.__cause__ is None and caught.value.__suppress_context__
+    assert message.startswith("loss backend 'faulty' faulted in its first-use check on cpu with torch.float64, D = 12")
+    assert "(RuntimeError: CUDA error: an illegal memory access was encountered)" in message
+    assert "leaves the CUDA context unusable" in message and 'restart it with backend="torch"' in message
+    assert faulty == ["ws"]  # the first faulting call ended the check: nothing ran after it
+    assert "cpp" not in {key[0] for key in dispatch._VERDICTS}  # no fallback was tried
+
+
+@pytest.mark.parametrize(
+    "text", ["CUDA error: misaligned address", "CUDA error: device-side assert triggered",
+             "Triton Error [CUDA]: an illegal memory access was encountered", "cudaErrorIllegalAddress"],
+)  # fmt: skip
+def test_every_context_losing_fault_is_recognised(text):
+    def fault(*args):
+        raise RuntimeError(text)
+
+    with pytest.raises(self_check.CudaContextLost, match="leaves the CUDA context unusable"):
+        self_check.failure(dataclasses.replace(CPP, lse=fault), CPU, torch.float32, "ieee", 5)
 
 
 @pytest.mark.parametrize("faulty", ["wrong-grad"], indirect=True)
