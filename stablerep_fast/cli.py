@@ -69,6 +69,13 @@ def _add_generate(subparsers) -> None:
     p.add_argument("--quality", type=int, default=d.quality, help="JPEG quality")
     p.add_argument("--views", choices=VIEWS, default=d.views, help="latent-neighbors: K noises around one anchor")
     p.add_argument("--latent-std", type=float, default=d.latent_std, metavar="SIGMA")
+    p.add_argument("--score", dest="scorer", default=None, metavar="NAME",
+                   help="record a caption-image consistency score per image: truth (the procedural world's own: digits, "
+                        "shapes), clip:FOLDER (local OpenCLIP weights) or package.module:Class; histogram in OUT/scores.json")  # fmt: skip
+    p.add_argument("--regenerate-below", type=float, default=None, metavar="X",
+                   help="redraw images scoring below X from new deterministic seeds (needs --score)")  # fmt: skip
+    p.add_argument("--max-regenerations", type=int, default=d.max_regenerations, metavar="R",
+                   help=f"redraws per image at most (default {d.max_regenerations})")  # fmt: skip
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=_run_generate)
 

@@ -62,6 +62,11 @@ SHARD_GLOB = f"{SHARD_PREFIX}*{TAR_SUFFIX}"
 INDEX_VERSION = "v1.2"  # wds2idx: "v1.2 SAMPLES", then per sample "EXT OFFSET SIZE NAME" repeated
 KEY_DIGITS = 9
 CHECKSUM_KEY = "crc32"  # in a sample's JSON: [crc32 of image 0, ..., image K-1]
+SCORES_KEY = "scores"  # in a sample's JSON (generate --score): [score of image 0, ..., image K-1]
+# Beside dataset.json (generate --score): the scores' histogram over the done shards, rewritten
+# after every run (dataset.json, compared on resume, never changes).
+SCORES_FILE = "scores.json"
+SCORE_BINS = 20  # histogram bins over [0, 1]; scores outside count in the end bins
 
 IndexEntry = tuple[str, int, int, str]  # (extension, data offset, size, member name)
 
@@ -135,7 +140,7 @@ def is_package_file(name: str) -> bool:
     dataset.json, a shard's tar, .idx, done marker, lock or claim, or a temporary file of one of them."""
     if is_temp(name):
         name = name.rsplit(".", 2)[0]  # NAME.<pid>-<random>.srf-tmp -> NAME
-    return name == DATASET_FILE or parse_claim_name(name) is not None or parse_shard_name(name) is not None
+    return name in (DATASET_FILE, SCORES_FILE) or parse_claim_name(name) is not None or parse_shard_name(name) is not None
 
 
 # Samples and members.
@@ -350,6 +355,35 @@ def done_shards(folder: Folder, listing: Mapping[str, tuple[int, float | None]] 
         else:
             done[shard] = record
     return done, damaged
+
+
+# Score histograms (a done marker's "scores", and scores.json: their sum over the shards).
+def score_histogram(scores: Iterable[float]) -> dict:
+    """{count, sum, min, max, bins}: ``bins`` counts the scores in SCORE_BINS equal bins of [0, 1]."""
+    values = [float(v) for v in scores]
+    bins = [0] * SCORE_BINS
+    for v in values:
+        bins[min(max(int(v * SCORE_BINS), 0), SCORE_BINS - 1)] += 1
+    return {"count": len(values), "sum": sum(values), "min": min(values, default=None), "max": max(values, default=None),
+            "bins": bins}  # fmt: skip
+
+
+def merge_score_histograms(histograms: Iterable[Mapping]) -> dict:
+    """The histogram of the union of the scores of ``histograms``, with their ``mean``."""
+    merged = score_histogram([])
+    for h in histograms:
+        merged["count"] += h["count"]
+        merged["sum"] += h["sum"]
+        merged["bins"] = [a + b for a, b in zip(merged["bins"], h["bins"])]
+        for key, pick in (("min", min), ("max", max)):
+            present = [v for v in (merged[key], h[key]) if v is not None]
+            merged[key] = pick(present) if present else None
+    merged["mean"] = merged["sum"] / merged["count"] if merged["count"] else None
+    return merged
+
+
+def scores_file(folder: Folder) -> Path | str:
+    return in_folder(folder, SCORES_FILE)
 
 
 # dataset.json.

@@ -48,7 +48,7 @@ COMMANDS = {
         "--captions", "--caption-column", "--model", "--out", "--images-per-caption", "--steps", "--guidance",
         "--scheduler", "--resolution", "--save-size", "--seed", "--batch-size", "--shard-size", "--world-size", "--rank",
         "--assign", "--lease", "--device", "--dtype", "--backend", "--engine-cache", "--format", "--quality", "--views",
-        "--latent-std", "--no-progress",
+        "--latent-std", "--score", "--regenerate-below", "--max-regenerations", "--no-progress",
     ],
     "farm-status": ["folder", "--json", "--interval"],
     "train": [

@@ -72,6 +72,11 @@ class GenerateConfig:
     caption_column: str | None = None
     progress: bool = True
     engine_cache: Path | None = None  # compiled artefacts and TensorRT engines; None: runtime.networks.default_cache_dir()
+    # Caption-image consistency (models/scorers.py): "truth", "digits", "shapes", "clip:FOLDER",
+    # "pkg.module:Class" or a callable(captions, images) -> scores; None: no scores
+    scorer: str | object | None = None
+    regenerate_below: float | None = None  # redraw images scoring below this (farm/scoring.py)
+    max_regenerations: int = 1  # attempts per image beyond the first
 
     def validate(self) -> None:
         """Raise GenerateError naming the first bad setting."""
@@ -93,13 +98,23 @@ class GenerateConfig:
             (1 <= self.quality <= 100, f"quality must be in [1, 100], got {self.quality}"),
             (self.views in VIEWS, f"views must be one of {VIEWS}, got {self.views!r}"),
             (self.latent_std > 0, f"latent std must be > 0, got {self.latent_std}"),
+            (self.regenerate_below is None or self.scorer is not None,
+             f"regenerate below {self.regenerate_below} needs a scorer: add --score NAME"),
+            (self.max_regenerations >= 1, f"max regenerations must be >= 1, got {self.max_regenerations}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise GenerateError(message)
 
-    def dataset_fields(self, model_id: str) -> dict:
+    def dataset_fields(self, model_id: str, scorer_name: str | None = None) -> dict:
         """The settings dataset.json records (see DATASET_FIELDS); the model as its generator's
-        ``model_id``."""
+        ``model_id``. With a scorer (named ``scorer_name``) also ``score`` and, when images are
+        redrawn, ``regenerate_below`` and ``max_regenerations``: absent otherwise, so folders
+        written without scores keep their dataset.json."""
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name in DATASET_FIELDS}
-        return {name: model_id if name == "model" else values[name] for name in DATASET_FIELDS}
+        record = {name: model_id if name == "model" else values[name] for name in DATASET_FIELDS}
+        if scorer_name is not None:
+            record["score"] = scorer_name
+        if self.regenerate_below is not None:
+            record.update(regenerate_below=self.regenerate_below, max_regenerations=self.max_regenerations)
+        return record

@@ -25,6 +25,7 @@ from stablerep_fast.generate.farm.captions import read_captions
 from stablerep_fast.generate.farm.claims import ClaimBoard, ClaimLost, Heartbeat, claim_shards
 from stablerep_fast.generate.farm.config import GenerateConfig
 from stablerep_fast.generate.farm.ranks import resolve_device, resolve_farm, shards_for_rank
+from stablerep_fast.generate.farm.scoring import score_batch
 from stablerep_fast.generate.farm.seeds import ANCHOR, initial_noise, noise_seed
 from stablerep_fast.generate.farm.writer import (
     Sample,
@@ -35,10 +36,12 @@ from stablerep_fast.generate.farm.writer import (
     ensure_dataset_json,
     rewrite_index,
     shard_lock,
+    write_scores_summary,
 )
 from stablerep_fast.generate.models.families import generation_defaults
 from stablerep_fast.generate.models.loader import load_generator, resolve_dtype
 from stablerep_fast.generate.models.protocol import Generator, backend_name, checked_latent_shape, generated_images
+from stablerep_fast.generate.models.scorers import load_scorer, scorer_name
 from stablerep_fast.shards import done_shards, index_problem, is_done, sample_key
 
 # Batches waiting for the writer thread before generation pauses: enough to hide JPEG
@@ -68,6 +71,8 @@ class GenerateSummary:
     takeovers: int = 0  # shards this run took over from an expired claim
     lost: int = 0  # shards this run started but lost to a takeover (nothing published)
     indexes_rewritten: list[int] = field(default_factory=list)  # done shards whose damaged .idx this run rewrote
+    regenerated: int = 0  # images this run redrew because they scored below --regenerate-below
+    scores: dict | None = None  # scores.json after the run (generate --score): the folder's score histogram
 
     @property
     def images_per_second(self) -> float:
@@ -84,6 +89,9 @@ class GenerateSummary:
             lines.append(f"note: {self.takeovers} shards taken over from expired claims, {self.lost} lost to a takeover")
         if self.indexes_rewritten:
             lines.append(f"note: the .idx of done shards {self.indexes_rewritten} was damaged or missing; rewritten from their tars")
+        if self.scores is not None:
+            lines.append(f"scores: mean {self.scores['mean']:.4f} over {self.scores['count']} images of the folder "
+                         f"({self.regenerated} redrawn by this run) -> {self.out}/scores.json")  # fmt: skip
         lines.append(f"rank {self.rank}/{self.world_size}: {self.images} images of {self.captions} captions in "
                      f"{self.shards_written} shards, {self.seconds:.1f} s ({self.images_per_second:.2f} images/s, "
                      f"{self.model}, backend {self.backend}); {self.shards_skipped} shards already done -> {self.out}")  # fmt: skip
@@ -142,10 +150,12 @@ def _generate_shard(
     holder: str | None = None,
     still_ours: Callable[[], bool] | None = None,
     lost: threading.Event | None = None,
-) -> None:
+    scorer: object | None = None,
+) -> int:
     """Generate one shard, B captions per call, and commit it (see writer.py). Dynamic claims:
     ``lost`` (set by the heartbeat) stops the shard between batches, ``still_ours`` is asked
-    before publishing."""
+    before publishing. ``scorer``: scores every image (and redraws low scorers, farm/scoring.py).
+    Returns the images redrawn."""
     out = config.out
     clear_shard(out, shard)
     writer = ShardWriter(out, shard, image_format=config.image_format, quality=config.quality, rank=rank,
@@ -173,10 +183,14 @@ def _generate_shard(
                 num_inference_steps=config.steps,
                 guidance_scale=config.guidance,
             )
+            scored = None if scorer is None else score_batch(config, pipe, scorer, prompts, batch, noise, images)
+            if scored is not None:
+                images = scored.images
             samples = [
-                Sample(sample_key(i), prompt, _sample_metadata(config, pipe, prompt, i), sample_images)
-                for i, prompt, sample_images in zip(batch, prompts, images)
-            ]
+                Sample(sample_key(i), prompt, {**_sample_metadata(config, pipe, prompt, i),
+                                               **({} if scored is None else scored.metadata(config, i, b))}, sample_images)
+                for b, (i, prompt, sample_images) in enumerate(zip(batch, prompts, images))
+            ]  # fmt: skip
             pending.append(executor.submit(writer.add, samples))
             if len(pending) > MAX_PENDING_WRITES:
                 pending.popleft().result()
@@ -188,6 +202,7 @@ def _generate_shard(
         pending.append(executor.submit(writer.commit, still_ours))
         while pending:
             pending.popleft().result()
+        return writer.regenerated
     except BaseException as exc:
         for future in pending:
             future.cancel()
@@ -237,12 +252,13 @@ def generate(config: GenerateConfig) -> GenerateSummary:
     pipe = load_generator(config.model, device=device, dtype=dtype, backend=config.backend, cache_dir=config.engine_cache,
                           scheduler=config.scheduler)  # fmt: skip
     config = resolve_options(config, pipe)  # the family's steps, guidance and scheduler unless given
+    scorer = None if config.scorer is None else load_scorer(config.scorer, model_id=pipe.model_id, device=device)
     checked_latent_shape(pipe, config.resolution)
 
     # 3. Record the configuration in the folder, or check it against the one there (and its shards').
     num_shards = math.ceil(len(captions) / config.shard_size)
     record = dataset_record(
-        config.dataset_fields(pipe.model_id),
+        config.dataset_fields(pipe.model_id, None if scorer is None else scorer_name(scorer)),
         captions_sha256=captions.sha256,
         num_captions=len(captions),
         duplicates=captions.duplicates,
@@ -277,7 +293,8 @@ def generate(config: GenerateConfig) -> GenerateSummary:
                               indexes_rewritten=rewritten)  # fmt: skip
 
     def run(shard: int, **claim) -> None:
-        _generate_shard(config, pipe, captions.texts, shard, rank, executor, progress, started, record, **claim)
+        summary.regenerated += _generate_shard(config, pipe, captions.texts, shard, rank, executor, progress, started,
+                                               record, scorer=scorer, **claim)  # fmt: skip
         summary.shards_written += 1
         summary.captions += size_of([shard])
 
@@ -304,6 +321,8 @@ def generate(config: GenerateConfig) -> GenerateSummary:
                         board.release(claim)
                         raise
     progress.close()
+    if scorer is not None:
+        summary.scores = write_scores_summary(out)
     summary.images = summary.captions * config.images_per_caption
     summary.seconds = time.perf_counter() - started
     return summary

@@ -30,6 +30,13 @@ def _normal(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.randn(shape, generator=generator, dtype=torch.float32)
 
 
+def attempt_index(image_index: int, attempt: int, images_per_caption: int) -> int:
+    """The image index whose noise seed attempt ``attempt`` of image ``image_index`` uses: attempt 0
+    is the image itself; ``generate --regenerate-below`` redraws a low-scoring image k of a caption
+    with K images from index k + attempt * K, an index no other image of the caption uses."""
+    return image_index + attempt * images_per_caption
+
+
 def initial_noise(
     seed: int,
     caption_indices: list[int],
@@ -48,15 +55,25 @@ def initial_noise(
     the division restores unit variance, so each x_k is again exactly N(0, I) distributed and
     corr(x_j, x_k) = 1 / (1 + sigma^2).
     """
+    images = [[(i, k) for k in range(images_per_caption)] for i in caption_indices]
+    return image_noise(seed, images, shape, views=views, latent_std=latent_std)
+
+
+def image_noise(
+    seed: int,
+    images: list[list[tuple[int, int]]],
+    shape: tuple[int, ...],
+    *,
+    views: str = "independent",
+    latent_std: float = 0.5,
+) -> torch.Tensor:
+    """The noise of any images, float32 [len(images), len(images[0]), *shape]: ``images[b][j]`` is
+    a (caption index, image index) pair, drawn as ``initial_noise`` draws it (around its own
+    caption's anchor under "latent-neighbors")."""
     if views not in VIEWS:
         raise ValueError(f"views must be one of {VIEWS}, got {views!r}")
-    noise = torch.stack(
-        [
-            torch.stack([_normal(noise_seed(seed, i, k), shape) for k in range(images_per_caption)])
-            for i in caption_indices
-        ]
-    )
+    noise = torch.stack([torch.stack([_normal(noise_seed(seed, i, k), shape) for i, k in row]) for row in images])
     if views == "latent-neighbors":
-        anchors = torch.stack([_normal(noise_seed(seed, i, ANCHOR), shape) for i in caption_indices])
-        noise = (anchors.unsqueeze(1) + latent_std * noise) / math.sqrt(1.0 + latent_std**2)
+        anchors = torch.stack([torch.stack([_normal(noise_seed(seed, i, ANCHOR), shape) for i, _ in row]) for row in images])
+        noise = (anchors + latent_std * noise) / math.sqrt(1.0 + latent_std**2)
     return noise

@@ -68,6 +68,8 @@ class ShardWriter:
         self.started = time.perf_counter()
         self.index: list[list[shards.IndexEntry]] = []  # per sample: (ext, offset, size, name)
         self.images = 0
+        self.scores: list[float] = []  # of every image, when the samples record scores
+        self.regenerated = 0  # images redrawn (an attempt > 0 kept)
         self._tar = tarfile.open(fileobj=self._file.file, mode="w", format=tarfile.USTAR_FORMAT)
 
     def _add_member(self, name: str, data: bytes) -> shards.IndexEntry:
@@ -89,6 +91,8 @@ class ShardWriter:
             members += [(shards.image_ext(k, self.image_format), data) for k, data in enumerate(images)]
             self.index.append([self._add_member(shards.member_name(sample.key, ext), data) for ext, data in members])
             self.images += len(sample.images)
+            self.scores += sample.metadata.get(shards.SCORES_KEY, [])
+            self.regenerated += sum(a > 0 for a in sample.metadata.get("attempts", []))
 
     def commit(self, still_ours: Callable[[], bool] | None = None) -> dict:
         """Close the tar and publish it, then its index and, last, its done marker. ``still_ours``:
@@ -117,6 +121,8 @@ class ShardWriter:
             "index_bytes": len(index),
             "index_crc32": shards.index_checksum(index),
         }
+        if self.scores:
+            done.update(scores=shards.score_histogram(self.scores), regenerated=self.regenerated)
         if not shards.write_done(self.out, self.shard, done, exclusive=True):
             raise ClaimLost(f"{self.path}: another process wrote its done marker first")
         return done
@@ -203,6 +209,22 @@ def clear_shard(out: storage.Location, shard: int) -> None:
     """Remove every file this package wrote of an unfinished shard (its owner is about to redo it)."""
     for path in shards.shard_files(out, shard):
         storage.remove(path)
+
+
+def write_scores_summary(out: storage.Location) -> dict | None:
+    """Write ``out/scores.json`` (atomically): the score histograms of every done shard merged
+    (``shards.merge_score_histograms``), with the shards counted and the images redrawn; None,
+    writing nothing, when no done shard records scores."""
+    listed = storage.list_files(out)
+    done, _ = shards.done_shards(out, listed)
+    scored = [record for record in done.values() if isinstance(record.get("scores"), dict)]
+    if not scored:
+        return None
+    summary = {**shards.merge_score_histograms(r["scores"] for r in scored), "shards": len(scored),
+               "regenerated": sum(int(r.get("regenerated", 0)) for r in scored),
+               "bin_edges": [i / shards.SCORE_BINS for i in range(shards.SCORE_BINS + 1)]}  # fmt: skip
+    storage.write_bytes(shards.scores_file(out), json.dumps(summary, indent=1, sort_keys=True).encode())
+    return summary
 
 
 def dataset_record(settings: dict, *, captions_sha256: str, num_captions: int, duplicates: int, num_shards: int) -> dict:

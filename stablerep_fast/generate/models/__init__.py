@@ -6,4 +6,5 @@
     pipeline.py            StableRepPipeline: SD 1.x/2.x (turbo, LCM-LoRA) on its own denoising loop
     diffusers_pipeline.py  DiffusersGenerator: the other families through diffusers' own __call__
     shapes.py              the procedural "shapes" world
+    scorers.py             caption-image consistency scorers: the worlds' truth, OpenCLIP, plugins
 """

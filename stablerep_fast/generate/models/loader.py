@@ -47,24 +47,29 @@ def check_generator(obj: object, name: str) -> Generator:
     return obj  # type: ignore[return-value]
 
 
-def import_generator(path: str) -> Generator:
-    """``"my_pkg.my_module:MyGenerator"``: import the module, take the attribute, instantiate it
-    with no arguments if it is a class, and check the result against the protocol."""
+def import_object(path: str, flag: str = "--model") -> object:
+    """``"my_pkg.my_module:MyClass"``: import the module, take the attribute and instantiate it
+    with no arguments if it is a class; GenerateError naming ``flag`` when any step fails."""
     module_name, _, attr_path = path.partition(":")
     try:
         obj = importlib.import_module(module_name)
     except Exception as exc:  # noqa: BLE001 - whatever the module raises becomes one line
-        raise GenerateError(f"--model {path}: cannot import {module_name} ({first_line(exc)}); is it on PYTHONPATH?") from exc
+        raise GenerateError(f"{flag} {path}: cannot import {module_name} ({first_line(exc)}); is it on PYTHONPATH?") from exc
     for attr in attr_path.split("."):
         if not hasattr(obj, attr):
-            raise GenerateError(f"--model {path}: {getattr(obj, '__name__', module_name)} has no attribute {attr!r}")
+            raise GenerateError(f"{flag} {path}: {getattr(obj, '__name__', module_name)} has no attribute {attr!r}")
         obj = getattr(obj, attr)
     if inspect.isclass(obj):
         try:
             obj = obj()
         except Exception as exc:  # noqa: BLE001 - the user's constructor: one line
-            raise GenerateError(f"--model {path}: {attr_path}() failed ({first_line(exc)}); it must take no arguments") from exc
-    return check_generator(obj, f"--model {path}")
+            raise GenerateError(f"{flag} {path}: {attr_path}() failed ({first_line(exc)}); it must take no arguments") from exc
+    return obj
+
+
+def import_generator(path: str) -> Generator:
+    """``"my_pkg.my_module:MyGenerator"``: ``import_object``, then checked against the protocol."""
+    return check_generator(import_object(path), f"--model {path}")
 
 
 def load_generator(
