@@ -8,6 +8,10 @@ prints ``error: <message>`` and exits with code 2, without a traceback.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 class StableRepError(Exception):
@@ -54,3 +58,20 @@ def env_int(name: str, default: int, env: dict | None = None) -> int:
         return int(value)
     except ValueError:
         raise ConfigError(f"environment variable {name}={value!r} is not an integer; unset it or fix it") from None
+
+
+def check_device(name: str, setting: str = "device") -> torch.device:
+    """``torch.device(name)``; ConfigError naming ``setting`` when ``name`` is no torch device or
+    names a GPU this machine does not have."""
+    import torch  # here: the errors stay importable without torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"{setting} {name!r} is not a torch device; use cpu, cuda or cuda:INDEX") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{setting} {name!r}: no CUDA GPU is visible to torch here; use cpu, or run on a machine with a GPU")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"{setting} {name!r}: this machine has {torch.cuda.device_count()} GPU(s); "
+                          "choose cuda:0 to cuda:N-1")  # fmt: skip
+    return device

@@ -7,19 +7,22 @@ or features (float [N, D]) already computed, with int64 labels.
 from __future__ import annotations
 
 import logging
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from stablerep_fast.errors import DataError
+from stablerep_fast.errors import ConfigError, DataError, first_line
 from stablerep_fast.eval.splits import ProbeData, Split, check_splits
 
 log = logging.getLogger("stablerep_fast.eval")
 
 TRAIN_DIRS, TEST_DIRS = ("train",), ("val", "test")
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+ZIP_MAGIC = b"PK"  # a .npz is a zip archive (numpy.savez); an empty archive starts with PK too
 
 
 def load_probe_data(source: str, *, image_size: int = 64, per_class: int = 100, seed: int = 0) -> ProbeData:
@@ -27,6 +30,7 @@ def load_probe_data(source: str, *, image_size: int = 64, per_class: int = 100, 
     x_train, y_train, x_test, y_test, or ``shapes[:ATTRIBUTE]`` (the shapes generator's
     held-out set, ``per_class`` train and ``per_class // 2`` test images per value of the
     attribute, default "shape"); ImageFolder and shapes images come at ``image_size``."""
+    check_image_size(image_size)
     if source == "shapes" or source.startswith("shapes:"):
         return _shapes(source.partition(":")[2] or "shape", image_size, per_class, seed)
     path = Path(source)
@@ -37,8 +41,17 @@ def load_probe_data(source: str, *, image_size: int = 64, per_class: int = 100, 
     raise FileNotFoundError(f"{source}: neither an ImageFolder tree, a .npz file nor shapes[:ATTRIBUTE]")
 
 
+def check_image_size(image_size: int) -> None:
+    """ConfigError unless ``image_size`` (the probe images' side in pixels) is >= 1."""
+    if image_size < 1:
+        raise ConfigError(f"image_size (--image-size) must be >= 1, got {image_size}")
+
+
 def _shapes(label: str, image_size: int, per_class: int, seed: int) -> ProbeData:
     from stablerep_fast.eval.probe_sets import make_probe_set
+
+    if per_class < 1:
+        raise ConfigError(f"per_class (--per-class) must be >= 1 (shapes: training images per class), got {per_class}")
 
     resolution = max(64, -(-image_size // 8) * 8)
     train = make_probe_set(per_class, label=label, seed=2 * seed + 1, resolution=resolution, size=image_size)
@@ -47,10 +60,16 @@ def _shapes(label: str, image_size: int, per_class: int, seed: int) -> ProbeData
 
 
 def _npz(path: Path) -> ProbeData:
+    with open(path, "rb") as file:
+        zip_start = file.read(len(ZIP_MAGIC)) == ZIP_MAGIC
+    if not zip_start:
+        raise DataError(f"{path} is not a .npz file (not a zip archive); write the arrays {list(NPZ_KEYS)} with numpy.savez")
     try:
-        arrays = dict(np.load(path, allow_pickle=False))
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"{path} is not a readable .npz ({' '.join(str(exc).split())}); expected arrays {list(NPZ_KEYS)}") from None
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataError(f"{path} cannot be read as a .npz ({first_line(exc)}): truncated or damaged? write it again "
+                        "with numpy.savez (numeric arrays only)") from None  # fmt: skip
     missing = [k for k in NPZ_KEYS if k not in arrays]
     if missing:
         raise DataError(f"{path}: missing arrays {missing}; expected {list(NPZ_KEYS)}")

@@ -10,6 +10,7 @@ test accuracy of that refit is reported.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stablerep_fast.errors import ConfigError, DataError
 from stablerep_fast.eval.splits import check_splits, stratified_split
 
 SGD_LRS = (0.01, 0.03, 0.1, 0.3, 1.0)
@@ -40,10 +42,7 @@ def linear_probe(
 ) -> ProbeResult:  # fmt: skip
     """Linear-probe accuracy of features [N, D] with labels [N] (see the module docstring).
     ``sweep``: learning rates (sgd) or L2 strengths (lbfgs); ``epochs``/``batch_size``: sgd only."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    check_settings(method=method, sweep=sweep, epochs=epochs, batch_size=batch_size, val_fraction=val_fraction)
     train_y, test_y = check_splits(train_x, train_y, test_x, test_y, "linear_probe")
     classes = int(max(train_y.max(), test_y.max())) + 1
     fit: Callable[[torch.Tensor, torch.Tensor, float], Callable[[torch.Tensor], torch.Tensor]]
@@ -55,6 +54,10 @@ def linear_probe(
         fit = lambda x, y, l2: _fit_lbfgs(x, y, classes, l2)  # noqa: E731
     x, y = torch.as_tensor(train_x, dtype=torch.float32), torch.as_tensor(train_y, dtype=torch.int64)
     fit_rows, val_rows = stratified_split(y, val_fraction, seed)
+    if len(val_rows) == 0 and len(sweep) > 1:
+        raise DataError(f"linear_probe: no class has 2 training rows, so none can be held out to choose among the sweep "
+                        f"{list(sweep)}; give at least 2 training rows per class (shapes: --per-class 2) or sweep one "
+                        "setting")  # fmt: skip
     val_accuracy = {h: _accuracy(fit(x[fit_rows], y[fit_rows], h), x[val_rows], y[val_rows]) for h in sweep}
     best = max(sweep, key=lambda h: (val_accuracy[h], -sweep.index(h)))
     test = _accuracy(fit(x, y, best), torch.as_tensor(test_x, dtype=torch.float32), torch.as_tensor(test_y))
@@ -66,6 +69,7 @@ def knn_accuracy(
     temperature: float = 0.07,
 ) -> float:  # fmt: skip
     """Weighted kNN on cosine similarity: the k nearest training points vote exp(sim / T)."""
+    check_settings(knn_k=k)
     train_y, test_y = check_splits(train_x, train_y, test_x, test_y, "knn_accuracy")
     train = F.normalize(torch.as_tensor(train_x, dtype=torch.float32), dim=1)
     test = F.normalize(torch.as_tensor(test_x, dtype=torch.float32), dim=1)
@@ -74,6 +78,27 @@ def knn_accuracy(
     sims, idx = (test @ train.T).topk(min(k, len(train)), dim=1)
     votes = torch.zeros(len(test), classes).scatter_add_(1, labels[idx], (sims / temperature).exp())
     return float((votes.argmax(1) == torch.as_tensor(test_y)).float().mean())
+
+
+def check_settings(
+    *, method: str = METHODS[0], sweep: tuple[float, ...] | None = None, epochs: int = 1, batch_size: int = 1,
+    val_fraction: float = 0.2, knn_k: int = 1,
+) -> None:  # fmt: skip
+    """ConfigError naming the first probe setting that cannot work (each named as its setting
+    and its ``stablerep-fast probe`` flag)."""
+    bad_sweep = [h for h in sweep or () if not (math.isfinite(h) and h > 0)]
+    checks = [
+        (method in METHODS, f"method (--method) must be one of {METHODS}, got {method!r}"),
+        (not bad_sweep, f"sweep (--sweep) values are learning rates (sgd) or L2 strengths (lbfgs) and must be > 0, "
+                        f"got {list(sweep or ())}"),
+        (epochs >= 1, f"epochs (--epochs) must be >= 1, got {epochs}"),
+        (batch_size >= 1, f"batch_size (--batch-size) must be >= 1, got {batch_size}"),
+        (0 < val_fraction < 1, f"val_fraction must be in (0, 1), got {val_fraction}"),
+        (knn_k >= 1, f"knn_k (--knn-k) must be >= 1 (the neighbours that vote), got {knn_k}"),
+    ]  # fmt: skip
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
 
 
 def _accuracy(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> float:

@@ -9,11 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
-from stablerep_fast.eval.data import load_probe_data
+from stablerep_fast.errors import ConfigError, check_device, first_line
+from stablerep_fast.eval.data import check_image_size, load_probe_data
 from stablerep_fast.eval.features import extract_features
-from stablerep_fast.eval.probe import knn_accuracy, linear_probe
+from stablerep_fast.eval.probe import check_settings, knn_accuracy, linear_probe
 from stablerep_fast.eval.splits import ProbeData, Split
 
 
@@ -30,14 +32,20 @@ class ProbeConfig:
     seed: int = 0
     device: str = "cpu"
 
+    def __post_init__(self) -> None:
+        check_settings(method=self.method, sweep=self.sweep, epochs=self.epochs, batch_size=self.batch_size,
+                       val_fraction=self.val_fraction, knn_k=self.knn_k)  # fmt: skip
+
 
 def evaluate(encoder: nn.Module | None, data: ProbeData, config: ProbeConfig, *, image_size: int | None = None) -> dict:
     """Probe and kNN accuracy; ``encoder`` maps images to features (None when ``data`` holds features)."""
+    device = check_device(config.device)
     train, test = data.train, data.test
     if not (train.is_features and test.is_features):
         if encoder is None or image_size is None:
-            raise ValueError("image data needs an encoder and its image_size")
-        features = dict(image_size=image_size, batch_size=config.batch_size, device=config.device)
+            raise ConfigError("the probe data holds images, not features: pass an encoder and its image_size "
+                              "(stablerep-fast probe: --checkpoint), or give a features .npz")  # fmt: skip
+        features = dict(image_size=image_size, batch_size=config.batch_size, device=device)
         train = Split(extract_features(encoder, train.x, **features), train.y)
         test = Split(extract_features(encoder, test.x, **features), test.y)
     probe = linear_probe(train.x, train.y, test.x, test.y, method=config.method, sweep=config.sweep,
@@ -72,11 +80,28 @@ def probe_checkpoint(
     per_class:  shapes: training images per class
     """
     config = config or ProbeConfig()
+    check_device(config.device)  # before the checkpoint and the data are read
+    if image_size is not None:
+        check_image_size(image_size)
     encoder = None
     if checkpoint is not None:
         from stablerep_fast.train import load_model  # only here: probing features needs no trainer
 
         model, train_config = load_model(checkpoint)
-        encoder, image_size = model.backbone, image_size or train_config.image_size
+        encoder = model.backbone
+        if image_size is not None and image_size != train_config.image_size:
+            _check_backbone_takes(encoder, image_size, f"{checkpoint} (trained at {train_config.image_size} px)")
+        image_size = image_size or train_config.image_size
     probe_data = load_probe_data(data, image_size=image_size or 64, per_class=per_class, seed=config.seed)
     return evaluate(encoder, probe_data, config, image_size=image_size)
+
+
+def _check_backbone_takes(encoder: nn.Module, image_size: int, what: str) -> None:
+    """ConfigError naming ``what`` when ``encoder`` fails on one ``image_size``-px image (a ViT
+    built for one size refuses others; a CNN takes any)."""
+    try:
+        with torch.inference_mode():
+            encoder.eval()(torch.zeros(1, 3, image_size, image_size))
+    except (AssertionError, RuntimeError, ValueError) as exc:
+        raise ConfigError(f"the backbone of {what} does not take {image_size}-px images ({first_line(exc)}); "
+                          "leave --image-size unset to probe at its training size")  # fmt: skip

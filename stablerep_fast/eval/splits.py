@@ -2,7 +2,8 @@
 
 ``Split`` holds images or features with their labels, ``ProbeData`` a train and a test split
 with the class names (what every probe source returns); ``check_splits`` is the one check of a
-train/test pair (labels are class numbers, one per row, finite features of one width);
+train/test pair (labels are class numbers, one per row, finite features of one width, every
+test class among the training classes);
 ``stratified_split`` carves a validation split from a training split, per class.
 """
 
@@ -59,8 +60,8 @@ def check_labels(y, where: str) -> np.ndarray:
 
 def check_splits(train_x, train_y, test_x, test_y, where: str) -> tuple[np.ndarray, np.ndarray]:
     """The int64 labels of a train and a test split, after checking (DataError naming ``where``)
-    that each split is non-empty with one label per row, features are finite and both splits
-    have the same feature width."""
+    that each split is non-empty with one label per row, features are finite, both splits
+    have the same feature width and every test class has training rows."""
     labels = []
     for name, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
         y = check_labels(y, f"{where} ({name} labels)")
@@ -74,6 +75,10 @@ def check_splits(train_x, train_y, test_x, test_y, where: str) -> tuple[np.ndarr
     if np.asarray(train_x).shape[1:] != np.asarray(test_x).shape[1:]:
         raise DataError(f"{where}: train rows are {list(np.shape(train_x)[1:])} but test rows {list(np.shape(test_x)[1:])}; "
                         "both splits need the same feature width (or image shape)")  # fmt: skip
+    unseen = np.setdiff1d(labels[1], labels[0])
+    if len(unseen):
+        raise DataError(f"{where}: test classes {unseen.tolist()} have no training rows, so a probe cannot predict them; "
+                        "add training rows of these classes or drop their test rows")  # fmt: skip
     return labels[0], labels[1]
 
 

@@ -1,12 +1,16 @@
 """Probes and kNN on synthetic features with a known answer, and the data sources."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
 
-from stablerep_fast.errors import DataError
+from stablerep_fast.errors import ConfigError, DataError
 from stablerep_fast.eval import (
     ProbeConfig,
+    ProbeData,
+    Split,
     evaluate,
     extract_features,
     knn_accuracy,
@@ -131,3 +135,75 @@ def test_probe_checkpoint_probes_the_backbone_at_its_training_size(tmp_path):
     np.savez(tmp_path / "f.npz", x_train=x[::2], y_train=y[::2], x_test=x[1::2], y_test=y[1::2])
     probe, features = ProbeConfig(sweep=(1e-2,)), str(tmp_path / "f.npz")
     assert probe_checkpoint(features, config=probe) == evaluate(None, load_probe_data(features), probe)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(knn_k=0), "knn_k (--knn-k) must be >= 1"),
+        (dict(epochs=0), "epochs (--epochs) must be >= 1"),
+        (dict(batch_size=0), "batch_size (--batch-size) must be >= 1"),
+        (dict(sweep=(1e-3, 0.0)), "must be > 0, got [0.001, 0.0]"),
+        (dict(sweep=(-1.0,)), "must be > 0, got [-1.0]"),
+        (dict(sweep=(float("inf"),)), "must be > 0, got [inf]"),
+        (dict(method="svm"), "method (--method) must be one of"),
+        (dict(val_fraction=1.0), "val_fraction must be in (0, 1)"),
+    ],
+)
+def test_probe_settings_that_cannot_work_are_refused(settings, message):
+    """Each is refused where it is set (ProbeConfig) and where it is used (linear_probe, knn_accuracy)."""
+    with pytest.raises(ConfigError) as caught:
+        ProbeConfig(**settings)
+    assert message in str(caught.value)
+    x, y = _blobs(4)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        if "knn_k" in settings:
+            knn_accuracy(x, y, x, y, k=settings["knn_k"])
+        else:
+            linear_probe(x, y, x, y, **settings)
+
+
+def test_test_classes_without_training_rows_are_named():
+    """A probe cannot predict a class it never saw: refused, naming the classes (2 and 4 here)."""
+    x, y = _blobs(6)
+    train = np.isin(y, [0, 1, 3])
+    for probe in (linear_probe, knn_accuracy):
+        with pytest.raises(DataError, match=re.escape("test classes [2, 4] have no training rows")):
+            probe(x[train], y[train], x, y)
+    assert knn_accuracy(x, y, x[train], y[train], k=1) == 1.0  # the other way round is fine: a test row's own copy
+
+
+def test_a_sweep_needs_two_training_rows_in_some_class():
+    """One row per class leaves nothing to hold out: several settings cannot be chosen among;
+    a single setting needs no choice and is fitted on the rows as they are."""
+    x, y = _blobs(1)
+    with pytest.raises(DataError, match="no class has 2 training rows"):
+        linear_probe(x, y, x, y)
+    assert linear_probe(x, y, x, y, sweep=(1e-2,)).accuracy == 1.0
+
+
+def test_probe_device_without_a_gpu_is_one_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    x, y = _blobs(4)
+    data = ProbeData(Split(x, y), Split(x, y), tuple("abcde"))
+    with pytest.raises(ConfigError, match="device 'cuda': no CUDA GPU is visible"):
+        evaluate(None, data, ProbeConfig(device="cuda"))
+    with pytest.raises(ConfigError, match="device 'gpu' is not a torch device"):
+        probe_checkpoint("never-read.npz", config=ProbeConfig(device="gpu"))
+
+
+def test_probe_checkpoint_refuses_an_image_size_its_backbone_cannot_take(tmp_path):
+    """A ViT built for 16 px refuses 12 px: one error naming the checkpoint and its training
+    size; the training size itself is accepted."""
+    from stablerep_fast.train import build_model, preset, save_checkpoint
+
+    config = preset("tiny", model_kwargs={"img_size": 16, "patch_size": 4, "depth": 1}, image_size=16, head_hidden=32)
+    save_checkpoint(tmp_path / "c.pt", {"model": build_model(config).state_dict(), "config": config.to_dict(), "step": 0})
+    probe = ProbeConfig(sweep=(1e-3,), knn_k=1)
+    with pytest.raises(ConfigError, match=re.escape(f"{tmp_path / 'c.pt'} (trained at 16 px) does not take 12-px images")):
+        probe_checkpoint("shapes", tmp_path / "c.pt", probe, image_size=12, per_class=2)
+    with pytest.raises(ConfigError, match=re.escape("image_size (--image-size) must be >= 1, got 0")):
+        probe_checkpoint("shapes", tmp_path / "c.pt", probe, image_size=0, per_class=2)
+    assert probe_checkpoint("shapes", tmp_path / "c.pt", probe, image_size=16, per_class=2)["train_size"] == 16
+    with pytest.raises(ConfigError, match=re.escape("per_class (--per-class) must be >= 1")):
+        load_probe_data("shapes", per_class=0)
