@@ -144,6 +144,8 @@ TRAIN_FLAGS = [
     ("--checkpoint-every", "checkpoint_every", int, "steps between checkpoints"),
     ("--log-every", "log_every", int, "steps between log records"),
     ("--stop-at", "stop_at", int, "stop after this step (the schedule still spans --steps); --resume continues"),
+    ("--min-score", "min_score", float, "leave out images whose consistency score (generate --score) is below this, "
+                                        "and captions left with fewer than m images"),
 ]
 
 

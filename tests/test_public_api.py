@@ -55,7 +55,7 @@ COMMANDS = {
         "--preset", "--config", "--data", "--out", "--model", "--image-size", "--captions-per-batch",
         "--images-per-caption", "--steps", "--warmup-steps", "--base-lr", "--weight-decay", "--temperature",
         "--loss-backend", "--precision", "--seed", "--device", "--loader-backend", "--num-workers", "--checkpoint-every",
-        "--log-every", "--stop-at", "--text", "--resume", "--overwrite", "--tensorboard", "--no-progress", "--set",
+        "--log-every", "--stop-at", "--min-score", "--text", "--resume", "--overwrite", "--tensorboard", "--no-progress", "--set",
     ],
     "probe": [
         "--data", "--checkpoint", "--method", "--sweep", "--epochs", "--batch-size", "--knn-k", "--image-size",

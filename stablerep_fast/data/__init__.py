@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 
 from stablerep_fast.data.augment import AUGMENTS, Augment
-from stablerep_fast.data.index import ShardError, ShardIndex, open_index
+from stablerep_fast.data.index import ShardError, ShardIndex, filter_by_score, open_index
 from stablerep_fast.data.loader import GroupLoader, SkipCounts
 from stablerep_fast.data.online import PREFIX, OnlineConfig, OnlineLoader, build_online_loader
 from stablerep_fast.data.sampler import GroupSampler, warn_left_out
@@ -57,6 +57,7 @@ def build_loader(
     *,
     source: str | os.PathLike | Generator | None = None,
     online: OnlineConfig | dict | None = None,
+    min_score: float | None = None,
 ) -> GroupLoader:
     """A loader of StableRep batches from generated shards, or generated while training.
 
@@ -81,6 +82,9 @@ def build_loader(
                          "pkg.module:Class"; every batch is generated fresh (data/online.py)
     online:              OnlineConfig or a mapping of its fields: captions, views, latent_std,
                          resolution, generator device, ... (used only with ``source``)
+    min_score:           leave out images whose recorded consistency score (``generate --score``) is
+                         below it, and captions left with fewer than m images (counted in
+                         ``skipped.low_score_captions``); the shards are not rewritten
 
     Iterating yields images [n*m, 3, S, S] float32 normalised on ``device`` and labels [n*m]
     int64 caption ids, view-major (``labels == labels[:n].repeat(m)``); one pass is one epoch
@@ -95,12 +99,18 @@ def build_loader(
     if (shards is None) == (source is None):
         raise ValueError("give build_loader either shards or source= (a generator), not both or neither")
     if source is not None:
+        if min_score is not None:
+            raise ValueError("min_score filters stored shards by their recorded scores; online generation has none")
         if backend not in ("auto", "torch"):
             raise ValueError(f"online generation augments with the torch transforms; backend {backend!r} cannot run it")
         return build_online_loader(source, captions_per_batch, images_per_caption, config=OnlineConfig.parse(online),
                                    device=device, seed=seed, rank=rank, world_size=world_size, **options)  # fmt: skip
     requested, backend = backend, _resolve_backend(backend, device)
-    index = open_index(shards)
+    index, low_captions = open_index(shards), 0
+    if min_score is not None:
+        index, low_images, low_captions = filter_by_score(index, min_score, images_per_caption)
+        log.warning("min_score %g: %d images below it left out, and %d captions left with fewer than %d images",
+                 min_score, low_images, low_captions, images_per_caption)  # fmt: skip
     if requested == "auto" and device.type == "cpu" and "memory" in available_backends():
         from stablerep_fast.data.memory import fits_in_memory
 
@@ -114,8 +124,10 @@ def build_loader(
         from stablerep_fast.data.memory import MemoryLoader
 
         options.pop("num_workers")
-        return MemoryLoader.from_index(index, captions_per_batch, images_per_caption, seed=seed, rank=rank,
-                                       world_size=world_size, device=device, **options)  # fmt: skip
+        loader = MemoryLoader.from_index(index, captions_per_batch, images_per_caption, seed=seed, rank=rank,
+                                         world_size=world_size, device=device, **options)  # fmt: skip
+        loader.skipped.low_score_captions = low_captions
+        return loader
     sampler = GroupSampler(
         index.images_per_caption(), captions_per_batch, images_per_caption, seed=seed, rank=rank, world_size=world_size
     )
@@ -124,7 +136,9 @@ def build_loader(
         from stablerep_fast.data.dali_loader import DaliLoader as Loader
     else:
         from stablerep_fast.data.torch_loader import TorchLoader as Loader
-    return Loader(index, sampler, device=device, **options)
+    loader = Loader(index, sampler, device=device, **options)
+    loader.skipped.low_score_captions = low_captions
+    return loader
 
 
 def _resolve_backend(backend: str, device: torch.device) -> str:

@@ -256,3 +256,36 @@ def _add_samples(by_caption: dict[int, Caption], samples: dict[str, dict[str, Me
         caption.images.extend(present)
         caption.image_meta.extend([members["json"]] * len(present))
     return missing
+
+
+def filter_by_score(index: ShardIndex, min_score: float, views: int) -> tuple[ShardIndex, int, int]:
+    """``index`` without the images whose recorded score (``generate --score``: the ``scores`` of
+    their sample's KEY.json) is below ``min_score``, and without the captions left with fewer than
+    ``views`` (m) images, so every group stays whole; (that index, images left out, captions left
+    out). Nothing is rewritten. DataError naming the sample when an image has no score."""
+    records: dict[Member, dict | None] = {}
+    kept, low_images, low_captions = [], 0, 0
+    for caption in index.captions:
+        images, metas = [], []
+        for member, meta in zip(caption.images, caption.image_meta):
+            if meta not in records:
+                records[meta] = read_record(meta)
+            scores = (records[meta] or {}).get(fmt.SCORES_KEY)
+            k = int(fmt.split_member(member.name)[1].partition(".")[0])
+            if not isinstance(scores, list) or k >= len(scores):
+                raise DataError(f"{meta.name} in {meta.path} records no score for image {k}: min_score needs shards "
+                                "generated with --score NAME; generate them so, or leave min_score unset")  # fmt: skip
+            if scores[k] >= min_score:
+                images.append(member)
+                metas.append(meta)
+            else:
+                low_images += 1
+        if len(images) >= views:
+            kept.append(Caption(caption.caption_id, images, caption.meta, metas))
+        else:
+            low_captions += 1
+    if not kept:
+        raise DataError(f"min_score {min_score}: no caption of {index.shards[0]}, ... keeps {views} images scoring at "
+                        "least that; lower min_score")  # fmt: skip
+    filtered = ShardIndex(kept, index.configs, index.shards, index.missing_members, index.skipped_shards)
+    return filtered, low_images, low_captions

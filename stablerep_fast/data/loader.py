@@ -36,6 +36,7 @@ class SkipCounts:
     corrupt_images: int = 0  # damaged or undecodable images, replaced by another image of the caption
     skipped_captions: int = 0  # captions left out of a batch: fewer than m readable images
     skipped_batches: int = 0  # batches left with no caption at all: skipped
+    low_score_captions: int = 0  # captions left out before sampling (min_score): fewer than m images scoring enough
 
     def __iadd__(self, other: SkipCounts) -> SkipCounts:
         for f in fields(self):

@@ -40,6 +40,7 @@ class TrainConfig:
     augment: Augment | str | dict = field(default_factory=Augment)  # a preset name ("stablerep", "none") or fields
     loader_backend: str = "auto"
     num_workers: int | None = None  # None: min(8, CPUs)
+    min_score: float | None = None  # leave out images scoring below it (shards from `generate --score`)
     # Model: any timm name, random init; model_kwargs go to timm.create_model (img_size, patch_size, depth, ...).
     model: str = "vit_base_patch16_224"
     model_kwargs: dict = field(default_factory=dict)

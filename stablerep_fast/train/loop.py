@@ -153,7 +153,7 @@ def _run(config: TrainConfig, loader: Loader | None, device: torch.device, rank:
         logger.close()
     skipped = getattr(loader, "skipped", None)
     if skipped is not None and any(vars(skipped).values()):
-        log.warning("rank %d: the loader skipped damaged data (%s); each case is named above", rank, skipped)
+        log.warning("rank %d: the loader skipped data (%s); each case is named above", rank, skipped)
     seconds = time.perf_counter() - started
     return TrainSummary(out, step, images_seen, seconds, [float(x) for x in losses],
                         out / CHECKPOINT if (out / CHECKPOINT).exists() else None)  # fmt: skip
@@ -275,7 +275,7 @@ def _build_loader(config: TrainConfig, device: torch.device, rank: int, world: i
     return build_loader(
         config.data, config.captions_per_batch // world, config.images_per_caption, config.image_size,
         backend=config.loader_backend, device=device, seed=config.seed, rank=rank, world_size=world,
-        num_workers=config.num_workers, augment=config.augment, online=config.online,
+        num_workers=config.num_workers, augment=config.augment, online=config.online, min_score=config.min_score,
     )  # fmt: skip
 
 
