@@ -34,6 +34,7 @@ SIZES = {
 }
 DIMS = {True: [256], False: [128, 256]}
 DTYPES = {"cpu": ["float32"], "cuda": ["bfloat16", "float32"]}
+DTYPE_CHOICES = ("float32", "bfloat16", "float16", "float64")  # what multipos_con_loss takes (--dtypes)
 # Backends worth timing: "torch" only re-dispatches to "reference" or "chunked".
 DISPATCHERS = ("torch",)
 # A baseline beside the backends: torch.compile of the dense reference (compiled once per

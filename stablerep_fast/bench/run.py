@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 
+from stablerep_fast.bench.loss import DTYPE_CHOICES
 from stablerep_fast.bench.report import environment, format_environment, format_suite
 from stablerep_fast.bench.suites import SUITE_TABLE, SUITES, run_suite
 
@@ -38,6 +39,26 @@ def check_suites(suites: list[str] | None) -> list[str]:
     if unknown:
         raise BenchError(f"unknown suite(s) {unknown}; available: {list(SUITES)}")
     return suites
+
+
+def check_settings(repeats: int | None, overrides: dict[str, dict] | None) -> None:
+    """BenchError naming the first setting (by its flag) that no suite can run with, before any runs."""
+    overrides = overrides or {}
+    loss, data = overrides.get("loss", {}), overrides.get("data", {})
+    families = overrides.get("generate", {}).get("few_step") or []
+    too_small = [
+        ("--repeats", [] if repeats is None else [repeats], 1),
+        ("--sizes", loss.get("sizes") or [], 1),
+        ("--dims", loss.get("dims") or [], 1),
+        ("--workers", data.get("workers") or [], 0),
+        ("--generate-families steps", [steps for _, steps in families], 1),
+    ]
+    for flag, values, least in too_small:
+        if any(value < least for value in values):
+            raise BenchError(f"{flag} must be >= {least}, got {','.join(map(str, values))}")
+    unknown = sorted(set(loss.get("dtypes") or []) - set(DTYPE_CHOICES))
+    if unknown:
+        raise BenchError(f"unknown loss dtype(s) {unknown} in --dtypes; choose from {', '.join(DTYPE_CHOICES)}")
 
 
 def write_json(records: list[dict], path: str | Path) -> Path:
@@ -71,6 +92,7 @@ def run_bench(
     echo = echo or _say
     device = resolve_device(device)
     suites = check_suites(suites)
+    check_settings(repeats, overrides)
     if plot_dir is not None and missing_dependency():
         raise BenchError(missing_dependency())
     env = environment(device)
