@@ -111,6 +111,8 @@ class DemoConfig:
             raise ConfigError("--seeds needs at least one seed, e.g. --seeds 0,1,2")
         if self.recipe.steps < 1:
             raise ConfigError(f"--steps must be >= 1, got {self.recipe.steps}")
+        if self.captions < 1:
+            raise ConfigError(f"--captions must be >= 1, got {self.captions}")
         if self.captions < self.recipe.captions_per_batch:
             raise ConfigError(f"--captions must be at least the recipe's {self.recipe.captions_per_batch} captions "
                               f"per batch, got {self.captions}")  # fmt: skip

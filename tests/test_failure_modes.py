@@ -137,6 +137,7 @@ def _features(rng, n, d=4, classes=3):
         (lambda a: a.update(y_train=a["y_train"] + 0.5), "not whole numbers"),
         (lambda a: a.update(x_train=a["x_train"][:0], y_train=a["y_train"][:0]), "at least one row"),
         (lambda a: a.pop("y_test"), "missing arrays ['y_test']"),
+        (lambda a: a.update(y_train=a["y_train"] % 2), "test classes [2] have no training rows"),
     ],
 )
 def test_probe_refuses_bad_features(tmp_path, capsys, change, message):
@@ -149,8 +150,78 @@ def test_probe_refuses_bad_features(tmp_path, capsys, change, message):
     assert message in err and str(tmp_path / "f.npz") in err
 
 
-@pytest.mark.parametrize("content", [b"", b"PK\x05\x06" + bytes(18), b"garbage"])
-def test_probe_refuses_an_empty_or_damaged_npz(tmp_path, capsys, content):
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "is not a .npz file"),
+        (b"garbage", "is not a .npz file"),
+        (b"x_train,y_train\n0.5,1\n", "is not a .npz file"),  # a text file named .npz
+        (b"PK\x05\x06" + bytes(18), "missing arrays"),  # an empty zip archive
+    ],
+)
+def test_probe_refuses_an_empty_or_fake_npz(tmp_path, capsys, content, message):
     (tmp_path / "f.npz").write_bytes(content)
     err = one_line_error(capsys, ["probe", "--data", str(tmp_path / "f.npz")])
-    assert str(tmp_path / "f.npz") in err
+    assert str(tmp_path / "f.npz") in err and message in err
+
+
+@pytest.mark.parametrize("damage", ["cut in half", "cut after its first header", "a member's bytes overwritten"])
+def test_probe_refuses_a_truncated_or_damaged_npz(tmp_path, capsys, damage):
+    rng = np.random.default_rng(0)
+    (x_train, y_train), (x_test, y_test) = _features(rng, 12), _features(rng, 6)
+    np.savez(tmp_path / "whole.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    data = bytearray((tmp_path / "whole.npz").read_bytes())
+    if damage == "cut in half":
+        data = data[: len(data) // 2]
+    elif damage == "cut after its first header":
+        data = data[:40]
+    else:
+        data[100:140] = bytes(40)  # inside x_train.npy: its CRC no longer matches
+    (tmp_path / "f.npz").write_bytes(bytes(data))
+    err = one_line_error(capsys, ["probe", "--data", str(tmp_path / "f.npz")])
+    assert f"{tmp_path / 'f.npz'} cannot be read as a .npz" in err and "truncated or damaged" in err
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--knn-k", "0"], "knn_k (--knn-k) must be >= 1 (the neighbours that vote), got 0"),
+        (["--epochs", "0", "--method", "sgd"], "epochs (--epochs) must be >= 1, got 0"),
+        (["--sweep=-1,0"], "must be > 0, got [-1.0, 0.0]"),
+        (["--batch-size", "0"], "batch_size (--batch-size) must be >= 1, got 0"),
+        (["--device", "cuda"], "device 'cuda': no CUDA GPU is visible to torch here"),
+        (["--device", "gpu"], "device 'gpu' is not a torch device"),
+    ],
+)
+def test_probe_refuses_settings_that_cannot_work(tmp_path, capsys, monkeypatch, flags, message):
+    """Each used to print accuracies (a kNN of 0 neighbours, 0 epochs, a negative learning rate)
+    with exit code 0, or a traceback."""
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # the same on a machine with a GPU
+    rng = np.random.default_rng(0)
+    (x_train, y_train), (x_test, y_test) = _features(rng, 12), _features(rng, 6)
+    np.savez(tmp_path / "f.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    err = one_line_error(capsys, ["probe", "--data", str(tmp_path / "f.npz"), *flags])
+    assert message in err
+
+
+def test_probe_shapes_per_class_below_one(capsys):
+    err = one_line_error(capsys, ["probe", "--data", "shapes", "--per-class", "0"])
+    assert "per_class (--per-class) must be >= 1 (shapes: training images per class), got 0" in err
+
+
+@pytest.mark.parametrize("captions", ["-5", "0"])
+def test_demo_captions_below_one(tmp_path, capsys, captions):
+    err = one_line_error(capsys, ["demo", "--quick", "--out", str(tmp_path / "demo"), "--captions", captions])
+    assert f"--captions must be >= 1, got {captions}" in err
+    assert not (tmp_path / "demo").exists()
+
+
+def test_train_online_device_without_a_gpu(tmp_path, capsys, monkeypatch):
+    """The generator's own device, checked with the training device: before the run folder exists."""
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    argv = [*TRAIN, "--device", "cpu", "--data", "generator:shapes", "--out", str(tmp_path / "run")]
+    err = one_line_error(capsys, [*argv, "--set", "online={device: cuda}"])
+    assert "online device 'cuda': no CUDA GPU is visible to torch here" in err
+    err = one_line_error(capsys, [*argv, "--set", "online={device: gpu0}"])
+    assert "online device 'gpu0' is not a torch device" in err
+    assert not (tmp_path / "run").exists()
