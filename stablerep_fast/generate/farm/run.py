@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 from collections import deque
@@ -47,8 +46,6 @@ from stablerep_fast.shards import done_shards, index_problem, is_done, sample_ke
 # Batches waiting for the writer thread before generation pauses: enough to hide JPEG
 # encoding behind the next batch, few enough to bound memory.
 MAX_PENDING_WRITES = 4
-# Test hook: seconds to sleep after each batch (a slow rank in the farm tests).
-BATCH_DELAY_ENV = "STABLEREP_FAST_TEST_BATCH_DELAY"
 
 log = logging.getLogger("stablerep_fast.generate")
 
@@ -160,7 +157,6 @@ def _generate_shard(
     clear_shard(out, shard)
     writer = ShardWriter(out, shard, image_format=config.image_format, quality=config.quality, rank=rank,
                          dataset=record, holder=holder)  # fmt: skip
-    delay = float(os.environ.get(BATCH_DELAY_ENV) or 0)
     latent_shape = checked_latent_shape(pipe, config.resolution)
     indices = _shard_captions(shard, config.shard_size, len(texts))
     pending: deque[Future] = deque()
@@ -195,7 +191,6 @@ def _generate_shard(
             if len(pending) > MAX_PENDING_WRITES:
                 pending.popleft().result()
             progress.update(len(batch))
-            time.sleep(delay)
             if not progress.disable:
                 images = (progress.n - progress.initial) * config.images_per_caption
                 progress.set_postfix(images_per_s=f"{images / (time.perf_counter() - started):.2f}")

@@ -20,15 +20,20 @@ import torch
 from stablerep_fast import shards, storage
 from stablerep_fast.cli import main
 from stablerep_fast.generate import GenerateConfig, generate
+from stablerep_fast.generate.farm import run as farm_run
 from stablerep_fast.generate.farm.claims import Claim, ClaimBoard, ClaimLost, Heartbeat
 from stablerep_fast.generate.farm.status import farm_status
-from stablerep_fast.generate.farm.run import BATCH_DELAY_ENV
 from stablerep_fast.generate.farm.writer import Sample, ShardWriter
 
 SMALL = dict(model="shapes", images_per_caption=2, resolution=32, save_size=32, image_format="png", batch_size=1,
              shard_size=2, device="cpu", progress=False)  # fmt: skip
 SMALL_ARGS = ["--images-per-caption", "2", "--resolution", "32", "--save-size", "32", "--format", "png",
               "--batch-size", "1", "--shard-size", "2", "--device", "cpu", "--no-progress"]  # fmt: skip
+# `stablerep-fast ARGS` whose generator calls each take argv[1] seconds longer: a slow rank of a farm.
+SLOW_CLI = ("import sys, time; from stablerep_fast.cli import main; from stablerep_fast.generate.farm import run; "
+            "call, delay = run.generated_images, float(sys.argv.pop(1)); "
+            "run.generated_images = lambda *args, **kwargs: time.sleep(delay) or call(*args, **kwargs); "
+            "sys.exit(main(sys.argv[1:]))")  # fmt: skip
 
 
 def _published(files: dict[str, bytes]) -> dict[str, bytes]:
@@ -82,9 +87,9 @@ def test_four_processes_one_killed_one_slow_finish_every_shard_once(reference, t
 
     def start(rank: int) -> None:
         workers[rank] = subprocess.Popen(
-            [sys.executable, "-m", "stablerep_fast.cli", "generate", "--captions", str(captions), "--out", str(out),
-             "--lease", "3", *SMALL_ARGS],
-            env={**env, "RANK": str(rank), BATCH_DELAY_ENV: delays.get(rank, "0")},
+            [sys.executable, "-c", SLOW_CLI, delays.get(rank, "0"), "generate", "--captions", str(captions), "--out",
+             str(out), "--lease", "3", *SMALL_ARGS],
+            env={**env, "RANK": str(rank)},
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
 
@@ -218,7 +223,8 @@ def test_a_rank_whose_claim_is_taken_over_stops_and_takes_the_shard_back_later(r
     the other shards, and takes shard 0 back once the new holder's lease runs out."""
     captions, one = reference
     out = tmp_path / "out"
-    monkeypatch.setenv(BATCH_DELAY_ENV, "0.15")
+    call = farm_run.generated_images
+    monkeypatch.setattr(farm_run, "generated_images", lambda *args, **kwargs: time.sleep(0.15) or call(*args, **kwargs))
     result = {}
     worker = threading.Thread(target=lambda: result.update(summary=generate(GenerateConfig(
         captions=captions, out=out, lease=0.4, **SMALL))))  # fmt: skip
