@@ -2,7 +2,7 @@
 
 Each subcommand turns its flags into one call of its stage's library function and prints what
 that returns: ``bench`` (whose flags are the bench's own command line, bench/__main__.py),
-``generate``, ``farm-status``, ``train``, ``probe``, ``demo``. With ``python -m
+``generate``, ``farm-status``, ``train``, ``probe``, ``demo``, ``sweep``. With ``python -m
 stablerep_fast.bench``, the only code that parses argv.
 """
 
@@ -251,6 +251,35 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sweep(subparsers) -> None:
+    from stablerep_fast.demo import WORLDS
+    from stablerep_fast.sweep import PARAMS
+
+    p = subparsers.add_parser("sweep", help="one generation parameter over values: generate, train (demo recipe), probe "
+                                            "on the validation split; sweep.json and a plot with the mean consistency score")  # fmt: skip
+    p.add_argument("--out", type=Path, required=True, help="output folder: one demo per value, sweep.json, sweep.png")
+    p.add_argument("--param", choices=list(PARAMS), required=True, help="guidance_scale: the procedural worlds' fidelity")
+    p.add_argument("--values", type=csv_list(float), required=True, help="comma list, e.g. 1,2,4,8")
+    p.add_argument("--world", choices=WORLDS, default="digits")
+    p.add_argument("--quick", action="store_true", help="the demo's CI size")
+    p.add_argument("--seeds", type=csv_list(int), default=None, help="comma list (default 0)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per value")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier sweep in --out")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=_run_sweep)
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from stablerep_fast.demo import DemoConfig
+    from stablerep_fast.sweep import SWEEP_FILE, format_sweep, run_sweep
+
+    config = DemoConfig.quick(args.out, world=args.world) if args.quick else DemoConfig(out=args.out, world=args.world)
+    config = config.with_overrides(seeds=args.seeds, steps=args.steps, progress=args.progress, overwrite=args.overwrite or None)
+    print(format_sweep(run_sweep(config, args.param, args.values)))
+    print(f"wrote {args.out / SWEEP_FILE}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stablerep-fast",
@@ -258,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name, add in (("bench", _add_bench), ("generate", _add_generate), ("farm-status", _add_farm_status),
-                      ("train", _add_train), ("probe", _add_probe), ("demo", _add_demo)):  # fmt: skip
+                      ("train", _add_train), ("probe", _add_probe), ("demo", _add_demo), ("sweep", _add_sweep)):  # fmt: skip
         try:
             add(subparsers)
         except MissingExtraError as exc:  # the stage's extra is not installed: the command says so

@@ -63,6 +63,7 @@ COMMANDS = {
     ],
     "demo": ["--out", "--world", "--quick", "--seeds", "--steps", "--captions", "--fidelity", "--validation", "--study",
              "--study-values", "--online", "--overwrite", "--no-progress"],
+    "sweep": ["--out", "--param", "--values", "--world", "--quick", "--seeds", "--steps", "--overwrite", "--no-progress"],
 }  # fmt: skip
 
 
