@@ -42,6 +42,7 @@ class Resources:
     stack: int
     shared: int
     seconds: float
+    mma: tuple[str, ...] = ()  # the PTX matrix instructions, e.g. "wgmma.m64n64k16.bf16"
 
     @property
     def spills(self) -> int:
@@ -58,7 +59,7 @@ def _stand_in_args(kernel, variant, n: int) -> dict:
         absent |= {"u_ptr", "lse_a_ptr"}
     if not variant.has_v:
         absent |= {"v_ptr", "lse_b_ptr"}
-    sizes = {"na": n, "nb": n, "D": variant.d, "diag": 0}
+    sizes = {"na": n, "nb": n, "D": variant.d, "diag": 0, "split_cols": n}
     args = {}
     for p in kernel.params:
         if p.is_constexpr:
@@ -106,7 +107,8 @@ def compile_variant(variant, n: int, arch: int) -> Resources:
         raise RuntimeError("the kernels were defined under TRITON_INTERPRET=1; compile in a fresh process")
     target = GPUTarget("cuda", arch, 32)
     backend = make_backend(target)
-    kwargs = dict(mt.launch_meta(variant), debug=False, instrumentation_mode=knobs.compilation.instrumentation_mode)
+    kwargs = dict(mt.launch_meta(variant, arch, interpret=False), debug=False,
+                  instrumentation_mode=knobs.compilation.instrumentation_mode)
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
     bound, specialization, options = binder(**_stand_in_args(kernel, variant, n), **kwargs)
     options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, options)
@@ -122,7 +124,25 @@ def compile_variant(variant, n: int, arch: int) -> Resources:
     if found is None:
         raise RuntimeError(f"no ptxas report for {variant} (n={n}, sm_{arch}):\n{log.getvalue()}")
     stack, stores, loads, registers = (int(x) for x in found.groups())
-    return Resources(variant, n, arch, registers, stores, loads, stack, compiled.metadata.shared, seconds)
+    return Resources(variant, n, arch, registers, stores, loads, stack, compiled.metadata.shared, seconds,
+                     matrix_instructions(compiled.asm["ptx"]))
+
+
+_MMA = re.compile(r"\b(wgmma\.mma_async|mma\.sync)\.\S*?\.(m\d+n\d+k\d+)\.(\S+)\s+\{[^}]*\},\s*(\{|%)")
+
+
+def matrix_instructions(ptx: str) -> tuple[str, ...]:
+    """The distinct matrix instructions of a kernel's PTX, sorted: "wgmma.m64n64k16.bf16.ss"
+    (opcode, shape, operand type, and for wgmma where A comes from: "ss" shared memory, "rs"
+    registers) or "mma.m16n8k16.bf16"."""
+    found = set()
+    for op, shape, types, a_operand in _MMA.findall(ptx):
+        operand = types.split(".")[-2 if op == "mma.sync" else -1]
+        if op == "wgmma.mma_async":
+            found.add(f"wgmma.{shape}.{operand}.{'rs' if a_operand == '{' else 'ss'}")
+        else:
+            found.add(f"mma.{shape}.{operand}")
+    return tuple(sorted(found))
 
 
 def _compile_task(task):
