@@ -1,5 +1,9 @@
-"""One assertion helper that says where and by how much tensors differ."""
+"""The assertion helper that says where and by how much tensors differ, the loaders' contract,
+and the guard that skips tests whose stage cannot be imported here."""
 
+import importlib
+
+import pytest
 import torch
 
 
@@ -36,3 +40,17 @@ def check_epoch(loader, n: int, m: int, size: int) -> list:
         assert labels.dtype == torch.int64 and torch.equal(labels, labels[:n].repeat(m))
         assert len(set(labels[:n].tolist())) == n
     return batches
+
+
+def require_stage(*stages: str) -> None:
+    """Skip the calling test module (called from a conftest.py: its whole folder) unless each
+    ``stablerep_fast.<stage>`` imports; the skip's reason is the stage's one-line message naming
+    the extra to install. Only a missing extra skips: any other import error still fails."""
+    from stablerep_fast._deps import MissingExtraError
+
+    __tracebackhide__ = True  # the skip is reported at the caller's line
+    for stage in stages:
+        try:
+            importlib.import_module(f"stablerep_fast.{stage}")
+        except MissingExtraError as exc:
+            pytest.skip(str(exc), allow_module_level=True)

@@ -10,10 +10,14 @@ import pickle
 
 import numpy as np
 import pytest
-import yaml
+from helpers import require_stage
 
-from stablerep_fast.cli import main
-from stablerep_fast.generate import shapes
+require_stage("generate", "train")  # the mistakes are made at generate, train and probe
+
+import yaml  # noqa: E402  (the train extra's)
+
+from stablerep_fast.cli import main  # noqa: E402
+from stablerep_fast.generate import shapes  # noqa: E402
 
 GENERATE = ["generate", "--model", "shapes", "--images-per-caption", "2", "--resolution", "32", "--save-size", "32",
             "--shard-size", "2", "--no-progress"]  # fmt: skip

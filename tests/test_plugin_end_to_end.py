@@ -8,11 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import plugin_generator
+from helpers import require_stage
 
-from stablerep_fast.cli import main
-from stablerep_fast.data import open_index
-from stablerep_fast.generate import shapes
+require_stage("generate", "train")  # generate, then train and probe on what it wrote
+
+import plugin_generator  # noqa: E402
+
+from stablerep_fast.cli import main  # noqa: E402
+from stablerep_fast.data import open_index  # noqa: E402
+from stablerep_fast.generate import shapes  # noqa: E402
 
 
 def test_generate_with_a_user_generator_then_train_and_probe(tmp_path):

@@ -3,8 +3,11 @@
 from pathlib import Path
 
 import pytest
+from helpers import require_stage
 
-from stablerep_fast.generate import GenerateConfig, generate, shapes
+require_stage("data", "generate")  # the tests read shapes shards written by the generate stage
+
+from stablerep_fast.generate import GenerateConfig, generate, shapes  # noqa: E402
 
 CAPTIONS = 24
 K = 4

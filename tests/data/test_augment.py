@@ -2,10 +2,13 @@
 
 import pytest
 import torch
+from helpers import require_stage
 
-from stablerep_fast.data import Augment, available_backends, build_loader
-from stablerep_fast.data.augment import MEAN, STD
-from stablerep_fast.train import ConfigError, TrainConfig
+require_stage("train")  # augmentation settings as TrainConfig takes them
+
+from stablerep_fast.data import Augment, available_backends, build_loader  # noqa: E402
+from stablerep_fast.data.augment import MEAN, STD  # noqa: E402
+from stablerep_fast.train import ConfigError, TrainConfig  # noqa: E402
 
 BACKENDS = ["torch", pytest.param("dali", marks=pytest.mark.skipif("dali" not in available_backends(), reason="no DALI"))]
 S = 32

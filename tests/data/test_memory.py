@@ -7,9 +7,11 @@ import pytest
 import torch
 from conftest import K, SIZE, write_shards
 
-from stablerep_fast.data import build_loader, open_index
-from stablerep_fast.data.augment import MEAN, STD, Augment
-from stablerep_fast.data.memory import MemoryLoader
+pytest.importorskip("kornia", reason="the memory loader augments with kornia: pip install 'stablerep_fast[data]'")
+
+from stablerep_fast.data import build_loader, open_index  # noqa: E402
+from stablerep_fast.data.augment import MEAN, STD, Augment  # noqa: E402
+from stablerep_fast.data.memory import MemoryLoader  # noqa: E402
 
 N, M = 4, 3
 NONE = Augment(random=False)

@@ -1,9 +1,17 @@
+import importlib.util
+
 import numpy as np
 import pytest
+from helpers import require_stage
 
-from stablerep_fast.eval import load_probe_data
-from stablerep_fast.eval.probe_sets import DIGIT_CLASSES, few_shot, make_probe_set, real_digits
-from stablerep_fast.generate import shapes
+require_stage("generate")  # the synthetic probe sets are drawn by its generators
+
+from stablerep_fast.eval import load_probe_data  # noqa: E402
+from stablerep_fast.eval.probe_sets import DIGIT_CLASSES, few_shot, make_probe_set, real_digits  # noqa: E402
+from stablerep_fast.generate import shapes  # noqa: E402
+
+needs_sklearn = pytest.mark.skipif(importlib.util.find_spec("sklearn") is None,
+                                   reason="the real digit scans come with scikit-learn: pip install 'stablerep_fast[train]'")
 
 
 def test_probe_set_is_labelled_balanced_and_held_out():
@@ -36,6 +44,7 @@ def rows(split) -> list[bytes]:
     return sorted(x.tobytes() for x in split.x)
 
 
+@needs_sklearn
 def test_real_digits_split_is_fixed_stratified_and_a_partition_of_the_scans():
     from sklearn.datasets import load_digits
 
@@ -61,6 +70,7 @@ def test_real_digits_split_is_fixed_stratified_and_a_partition_of_the_scans():
     assert abs(larger.test.x.mean() - data.test.x.mean()) < 0.1 * data.test.x.mean()
 
 
+@needs_sklearn
 def test_real_digits_validation_and_few_shot_stay_inside_the_training_split():
     data = real_digits(8)
     val = real_digits(8, validation=True, val_fraction=0.25, seed=1)

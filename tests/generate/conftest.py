@@ -4,9 +4,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import require_stage
 
-from stablerep_fast.generate import StableRepPipeline, shapes
-from stablerep_fast.testing import random_sd_components
+require_stage("generate")
+
+from stablerep_fast.generate import StableRepPipeline, shapes  # noqa: E402
+from stablerep_fast.testing import random_sd_components  # noqa: E402
 
 def build_tiny_sd(folder: Path) -> Path:
     """Save a tiny diffusers StableDiffusionPipeline (about 0.6 MB) to ``folder``."""

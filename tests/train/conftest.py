@@ -4,8 +4,11 @@ from dataclasses import replace
 
 import pytest
 import torch
+from helpers import require_stage
 
-from stablerep_fast.train import preset
+require_stage("train")
+
+from stablerep_fast.train import preset  # noqa: E402
 
 
 class ListLoader:

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from helpers import require_stage
 
-require_stage("demo")
 pytest.importorskip("kornia", reason="the demo trains on the memory loader (kornia): pip install 'stablerep_fast[all]'")
 pytest.importorskip("sklearn", reason="the demo evaluates on scikit-learn's digit scans: pip install 'stablerep_fast[all]'")
+require_stage("demo")
 
 from stablerep_fast.cli import main  # noqa: E402
 from stablerep_fast.demo import ENCODERS, DemoConfig, run_study, summarise  # noqa: E402

@@ -15,9 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import require_stage
 
-from stablerep_fast.generate import GenerateConfig, generate, shapes
-from stablerep_fast.train import CHECKPOINT, load_checkpoint
+require_stage("generate")  # the tests write shapes shards
+
+from stablerep_fast.generate import GenerateConfig, generate, shapes  # noqa: E402
+from stablerep_fast.train import CHECKPOINT, load_checkpoint  # noqa: E402
 
 TRIALS = 20
 STEPS = 8

@@ -10,11 +10,14 @@ from dataclasses import replace
 import numpy as np
 import torch
 from conftest import ListLoader
+from helpers import require_stage
 
-from stablerep_fast.data.augment import MEAN, STD
-from stablerep_fast.eval import ProbeConfig, evaluate, load_probe_data
-from stablerep_fast.eval.probe_sets import make_probe_set
-from stablerep_fast.train import build_model, preset, train
+require_stage("eval", "generate")  # probe sets are drawn by the shapes generator
+
+from stablerep_fast.data.augment import MEAN, STD  # noqa: E402
+from stablerep_fast.eval import ProbeConfig, evaluate, load_probe_data  # noqa: E402
+from stablerep_fast.eval.probe_sets import make_probe_set  # noqa: E402
+from stablerep_fast.train import build_model, preset, train  # noqa: E402
 
 LABEL, VIEWS, STEPS = "colour", 6, 40
 SIZE = preset("cpu").image_size  # the demo recipe's

@@ -7,11 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ListLoader, view_major_batch
+from helpers import require_stage
 
-from stablerep_fast.generate import GenerateConfig, generate, shapes
-from stablerep_fast.train import (CHECKPOINT, ConfigError, TrainConfig, Tokenizer, build_model, load_checkpoint, preset,
-                                  resolve_config, train)
-from stablerep_fast.train.optim import param_groups, warmup_cosine
+require_stage("generate")  # the tests write shapes shards
+
+from stablerep_fast.generate import GenerateConfig, generate, shapes  # noqa: E402
+from stablerep_fast.train import (  # noqa: E402
+    CHECKPOINT, ConfigError, TrainConfig, Tokenizer, build_model, load_checkpoint, preset, resolve_config, train)
+from stablerep_fast.train.optim import param_groups, warmup_cosine  # noqa: E402
 
 
 @pytest.fixture(scope="module")

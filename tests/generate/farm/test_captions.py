@@ -1,10 +1,11 @@
 import json
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from stablerep_fast.generate import GenerateError, read_captions
+pa = pytest.importorskip("pyarrow", reason="parquet caption files need pyarrow: pip install 'stablerep_fast[generate]'")
+pq = pytest.importorskip("pyarrow.parquet")
+
+from stablerep_fast.generate import GenerateError, read_captions  # noqa: E402
 
 CAPTIONS = ["a red star", "two  dogs,\tplaying", "a red star", "a café"]
 CLEAN = ["a red star", "two dogs, playing", "a red star", "a café"]

@@ -51,7 +51,7 @@ def test_layout_read_by_tarfile(tmp_path):
 
 
 def test_read_by_webdataset(tmp_path):
-    import webdataset as wds
+    wds = pytest.importorskip("webdataset")
 
     samples, _ = _write_shard(tmp_path, image_format="jpg")
     read = list(wds.WebDataset(str(tmp_path / "shard-000000.tar"), shardshuffle=False))
