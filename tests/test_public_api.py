@@ -41,8 +41,8 @@ PUBLIC_NAMES = {
 # Per subcommand: its positional arguments, then its flags in --help order (-h left out).
 COMMANDS = {
     "bench": [
-        "--suite", "--device", "--quick", "--validate", "--json", "--plot", "--repeats", "--sizes", "--dims", "--dtypes",
-        "--backends", "--generate-backends", "--generate-families", "--sd-model", "--loaders", "--workers",
+        "--suite", "--device", "--quick", "--validate", "--budget", "--json", "--plot", "--repeats", "--sizes", "--dims",
+        "--dtypes", "--backends", "--generate-backends", "--generate-families", "--sd-model", "--loaders", "--workers",
     ],
     "generate": [
         "--captions", "--caption-column", "--model", "--out", "--images-per-caption", "--steps", "--guidance",

@@ -21,6 +21,26 @@ def family_steps(text: str) -> tuple[str, int]:
     return family, int(steps)
 
 
+def stage_budgets(text: str) -> dict[str, float]:
+    """An argparse type: "loss=120,tests=150" -> {"loss": 120.0, "tests": 150.0} (validate's
+    stages, positive seconds)."""
+    from stablerep_fast.bench.validate import check_budgets
+
+    budgets = {}
+    for item in filter(None, text.split(",")):
+        stage, sep, seconds = item.partition("=")
+        try:
+            budgets[stage.strip()] = float(seconds)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected STAGE=SECONDS,..., got {item!r}")
+    try:
+        return check_budgets(budgets)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def add_arguments(p: argparse.ArgumentParser, *, suite_flags: bool = True) -> None:
     """The bench's flags on ``p``; ``suite_flags=False`` leaves out --suite and --validate."""
     if suite_flags:
@@ -31,7 +51,11 @@ def add_arguments(p: argparse.ArgumentParser, *, suite_flags: bool = True) -> No
     if suite_flags:
         p.add_argument("--validate", action="store_true",
                        help="check this machine in one go: extension build, gpu tests, every suite at fixed sizes within "
-                            "time budgets (under 8 minutes on an H100/H200; small sizes on CPU); JSON + markdown table")  # fmt: skip
+                            "time budgets (9 minutes in all on a GPU; small sizes on CPU); JSON, JSONL of records as "
+                            "they come, markdown table")  # fmt: skip
+        p.add_argument("--budget", type=stage_budgets, default=None, metavar="STAGE=SECONDS,...",
+                       help="--validate: seconds for these stages instead of their defaults, e.g. loss=120,tests=150 "
+                            "(stages: build, tests, loss, generate, data, train)")  # fmt: skip
     p.add_argument("--json", type=Path, default=None,
                    help="write the records (a JSON list) to this file (--validate: default validate-DEVICE.json, and .md beside it)")  # fmt: skip
     p.add_argument("--plot", type=Path, default=None, metavar="DIR", help="write PNG charts here (needs matplotlib)")
@@ -68,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.validate:
         device = resolve_device(args.device)  # BenchError (a ValueError): one line
-        summary = [r for r in validate(device, args.json or Path(f"validate-{device}.json")) if r["suite"] == "validate"]
+        records = validate(device, args.json or Path(f"validate-{device}.json"), budgets=args.budget)
+        summary = [r for r in records if r["suite"] == "validate"]
         return 1 if any(r["status"] in ("failed", "timeout") for r in summary) else 0
     run_bench(args.suite, **bench_options(args))
     return 0
