@@ -35,9 +35,11 @@ from stablerep_fast.ops.multipos_torch import CHUNKED, REFERENCE
 DENSE_MAX_LOGITS = 1 << 22
 
 # Preference order of "auto" among the fused backends, fastest first, per device type;
-# "torch" comes after them everywhere.
+# "torch" comes after them everywhere. "cuda" is not in it: its WMMA kernels issue mma.sync,
+# not Hopper's wgmma, and run p @ b in two parts (four products to Triton's three), so they are
+# slower than "triton" by construction (docs/roofline.md); it stays available by name.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {
-    "cuda": ("triton", "cuda"),
+    "cuda": ("triton",),
     "cpu": ("cpp",),
 }
 
