@@ -25,8 +25,9 @@ STAGE_LIBRARIES = tuple(dict.fromkeys(m for modules in STAGE_MODULES.values() fo
 STAGE_SKIP = "stablerep_fast.{} needs the '{}' extra"
 CASES = {
     # hidden modules, and skip reasons the collection must give for them
-    "bare": (STAGE_LIBRARIES + UNCHECKED, [STAGE_SKIP.format(s, e) for s, e in
-                                           (("generate", "generate"), ("data", "data"), ("train", "train"), ("eval", "train"))]),  # fmt: skip
+    "bare": (STAGE_LIBRARIES + UNCHECKED, [STAGE_SKIP.format(stage, extra) for stage, extra in
+                                           (("generate", "generate"), ("data", "data"), ("train", "train"),
+                                            ("eval", "train"))]),  # fmt: skip
     "gpu machine": (ABSENT, [STAGE_SKIP.format("generate", "generate") + " (diffusers not installed)",
                              "the demo trains on the memory loader (kornia)"]),  # fmt: skip
     "unchecked libraries": (UNCHECKED, ["the memory loader augments with kornia", "the demo trains on the memory loader",

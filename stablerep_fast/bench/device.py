@@ -50,8 +50,8 @@ LEFT_OUT = {
     "scikit-learn": "9.2 MB; only eval and the demo use it (the digit scans), no validate stage",
 }
 # What `pip download` needs to fetch wheels for the GPU machine's Python from another one.
-PLATFORM = ["--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp", "--platform",
-            "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64"]  # fmt: skip
+PLATFORM = ["--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp",
+            *(f"--platform={tag}" for tag in ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"))]
 
 
 def pins(carried: dict[str, tuple[str, str]] = CARRIED) -> list[str]:
@@ -122,7 +122,7 @@ def recipe(wheels: str, out: str, site: str, budgets: dict[str, float] | None = 
     lines += ["", f"# 2. There, in the checkout's root with {wheels}/ beside it (bash; about 9.5 minutes):",
               device_command(wheels, out, site, budgets=budgets), "",
               f"# It prints each stage as it ends and writes {out}/validate-cuda.json, .jsonl, .md and .log;",
-              "# exit status 0 when every stage passed or was skipped, 1 when one failed or ran over its budget."]  # fmt: skip
+              "# exit status 0 when every stage passed or was skipped, 1 when one failed or ran over its budget."]
     return "\n".join(lines)
 
 
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stablerep_fast.bench.device",
                                      description="print how to validate a GPU machine without network")  # fmt: skip
     parser.add_argument("--wheels", default="wheels", help="the folder of carried wheels (default: wheels)")
-    parser.add_argument("--out", default="validate-out", help="where the GPU machine writes the results (default: validate-out)")
+    parser.add_argument("--out", default="validate-out", help="where the results are written there (default: validate-out)")
     parser.add_argument("--site", default="/tmp/stablerep-site", help="where the wheels are installed there")
     parser.add_argument("--budget", type=stage_budgets, default=None, metavar="STAGE=SECONDS,...",
                         help="validate's budgets in the printed command, e.g. generate=90")  # fmt: skip

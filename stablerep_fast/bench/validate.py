@@ -270,7 +270,8 @@ def _verdict(stage: str, records: list[dict]) -> tuple[str, str]:
     measured, failed and skipped records."""
     if stage == "tests":
         counts = Counter(r["outcome"] for r in records)
-        detail = f"{counts['passed']} passed, {counts['failed']} failed, {counts['error']} errors, {counts['skipped']} skipped"
+        detail = ", ".join(f"{counts[outcome]} {word}" for outcome, word in
+                           (("passed", "passed"), ("failed", "failed"), ("error", "errors"), ("skipped", "skipped")))  # fmt: skip
         bad = [f"{r['test']}: {r.get('detail', '')}" for r in records if r["outcome"] in ("failed", "error")]
         not_run = sorted({r["detail"] for r in records if r.get("phase") == "collect" and r["outcome"] == "skipped"})
         detail += f" ({'; '.join(bad)[:600]})" if bad else ""
@@ -359,10 +360,14 @@ def _nvcc() -> str | None:
 
 def setuptools_problem() -> str | None:
     """Why this Python's setuptools cannot build the extension from the checkout (too old for
-    its pyproject.toml: the minimum its build-system requirements name), or None."""
+    its pyproject.toml: the minimum its build-system requirements name), or None (also without
+    a checkout: nothing to build)."""
     import importlib.metadata
 
-    wanted = re.search(r'"setuptools\s*>=\s*(\d+)', (SOURCE_ROOT / "pyproject.toml").read_text())
+    pyproject = SOURCE_ROOT / "pyproject.toml"
+    if not pyproject.is_file():
+        return None
+    wanted = re.search(r'"setuptools\s*>=\s*(\d+)', pyproject.read_text())
     try:
         version = importlib.metadata.version("setuptools")
     except importlib.metadata.PackageNotFoundError:
@@ -425,7 +430,8 @@ def _tests_stage(device: str, budget: float, log: StageLog) -> dict | None:
                            "-p", "stablerep_fast.bench.pytest_records", f"--records={log.path}", str(tests)],
                           cwd=SOURCE_ROOT, capture_output=True, text=True)  # fmt: skip
     if proc.returncode not in (0, 1, 5) and not any(r.get("suite") == "tests" for r in _read_log(log.path)):
-        return {"status": "failed", "detail": f"pytest exit {proc.returncode}: {proc.stdout.strip()[-400:]}"}
+        output = (proc.stdout + proc.stderr).strip()
+        return {"status": "failed", "detail": f"pytest exit {proc.returncode}: {output[-400:]}"}
     return None  # 0: passed, 1: some failed, 5: none selected; or collection errors, which are records
 
 
