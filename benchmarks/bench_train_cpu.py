@@ -4,6 +4,7 @@ a fresh process, interleaved, median of ``--repeats`` steps per run and of ``--r
 
   torch-1w    the torch loader with 1 worker process, the model on the other core (the old demo's)
   memory      the memory loader (batches augmented in this process), the model on every core
+  memory-1t   the same with one model thread (what a loaded machine should use)
   memory-bf16 the same with bf16 autocast (worth it only where the CPU has bf16 units)
   torch-2w    the torch loader with a worker per core and the model on every core (oversubscribed)
 
@@ -20,6 +21,7 @@ import sys
 SETTINGS = {  # name: (loader backend, workers, model threads, precision)
     "torch-1w": ("torch", 1, 1, "fp32"),
     "memory": ("memory", 0, os.cpu_count(), "fp32"),
+    "memory-1t": ("memory", 0, 1, "fp32"),
     "memory-bf16": ("memory", 0, os.cpu_count(), "bf16"),
     "torch-2w": ("torch", os.cpu_count(), os.cpu_count(), "fp32"),
 }

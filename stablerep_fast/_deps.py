@@ -20,7 +20,9 @@ STAGE_MODULES = {
     "train": {"timm": "timm", "yaml": "pyyaml", "tqdm": "tqdm"},
     "eval": {"timm": "timm", "yaml": "pyyaml", "PIL": "pillow"},
 }
-STAGE_MODULES["demo"] = {k: v for stage in ("generate", "data", "train") for k, v in STAGE_MODULES[stage].items()}
+# The demo also augments in memory (kornia, the data extra's) and reads the real digit scans (scikit-learn, train's).
+STAGE_MODULES["demo"] = {**{k: v for stage in ("generate", "data", "train") for k, v in STAGE_MODULES[stage].items()},
+                         "kornia": "kornia", "sklearn": "scikit-learn"}  # fmt: skip
 TEXT_TOWER_MODULES = {"open_clip": "open_clip_torch"}  # train's StableRep+ text tower, when built
 STAGE_EXTRA = {"generate": "generate", "data": "data", "train": "train", "eval": "train", "demo": "all"}
 

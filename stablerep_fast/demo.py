@@ -62,7 +62,7 @@ PLOT = "probe_vs_step.png"
 RESULTS = "results.json"
 # Recipe settings per world, each chosen on the validation split (benchmarks/RESULTS.md, "Demo").
 WORLD_DEFAULTS = {
-    "digits": dict(recipe="digits", resolution=16, simclr_augment=replace(Augment.at_strength(0.5), flip_p=0.0)),
+    "digits": dict(recipe="digits", resolution=8, simclr_augment=replace(Augment.at_strength(0.5), flip_p=0.0)),
     "shapes": dict(recipe="cpu", resolution=64, simclr_augment=Augment.at_strength(0.5)),
 }
 
@@ -189,6 +189,10 @@ def study_variants(config: DemoConfig, study: str, values: Sequence) -> list[tup
     """
     recipe, variants = config.recipe, []
     for i, value in enumerate(values):
+        if study in ("m", "resolution", "steps"):  # counts (a command line gives floats)
+            if value != int(value) or value < 1:
+                raise ConfigError(f"--study {study} takes whole numbers >= 1, got {value:g}")
+            value = int(value)
         if study == "augment":
             augment = Augment.at_strength(value)
             if config.world == "digits":  # a mirrored digit is another glyph: no flips in this world
@@ -436,7 +440,8 @@ def _plot(results: dict, path: Path) -> Path | None:
         if name in summary:
             ax.axhline(summary[name][key]["mean"], color="grey", linestyle=style, label=NAMES[name])
     ax.set_xlabel("training step")
-    ax.set_ylabel(f"{key.replace('_acc', '')} accuracy" + (" on real digits" if world == "digits" else ""))
+    what = {"fewshot_acc": f"{results['config']['shots']}-shot linear-probe", "probe_acc": "linear-probe"}[key]
+    ax.set_ylabel(f"{what} accuracy" + (" on real digits" if world == "digits" else ""))
     ax.set_title(f"{world} demo, {len(results['per_seed'])} seed(s)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
