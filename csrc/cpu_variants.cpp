@@ -3,6 +3,7 @@
 #include "cpu_variants.h"
 
 #include <atomic>
+#include <cstdlib>
 #include <stdexcept>
 
 #if defined(SRF_CPU_NATIVE)
@@ -65,7 +66,24 @@ const CpuKernels kVariants[] = {
 #endif
 };
 
-const CpuKernels* best_supported() {
+const CpuKernels* named(const std::string& name) {
+  for (const CpuKernels& v : kVariants) {
+    if (name != v.name) continue;
+    if (!v.supported()) throw std::invalid_argument("CPU variant " + name + " does not run on this CPU");
+    return &v;
+  }
+  throw std::invalid_argument("CPU variant " + name + " is not in this build");
+}
+
+// The variant STABLEREP_FAST_CPU_VARIANT names, else the best this CPU runs.
+const CpuKernels* first_choice() {
+  if (const char* name = std::getenv("STABLEREP_FAST_CPU_VARIANT"); name != nullptr && *name != '\0') {
+    try {
+      return named(name);
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument(std::string(e.what()) + " (STABLEREP_FAST_CPU_VARIANT; unset it for the default)");
+    }
+  }
   for (const CpuKernels& v : kVariants)
     if (v.supported()) return &v;
   throw std::runtime_error("stablerep_fast: no CPU kernel variant in this build runs on this CPU");
@@ -78,7 +96,7 @@ std::atomic<const CpuKernels*> g_active{nullptr};
 const CpuKernels& cpu_kernels() {
   const CpuKernels* v = g_active.load(std::memory_order_acquire);
   if (v == nullptr) {
-    v = best_supported();
+    v = first_choice();
     g_active.store(v, std::memory_order_release);
   }
   return *v;
@@ -92,14 +110,6 @@ std::vector<std::pair<std::string, bool>> cpu_variants() {
   return out;
 }
 
-void set_cpu_variant(const std::string& name) {
-  for (const CpuKernels& v : kVariants) {
-    if (name != v.name) continue;
-    if (!v.supported()) throw std::invalid_argument("CPU variant " + name + " does not run on this CPU");
-    g_active.store(&v, std::memory_order_release);
-    return;
-  }
-  throw std::invalid_argument("CPU variant " + name + " is not in this build");
-}
+void set_cpu_variant(const std::string& name) { g_active.store(named(name), std::memory_order_release); }
 
 }  // namespace srf

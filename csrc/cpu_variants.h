@@ -1,8 +1,10 @@
 // Which copy of the CPU kernels runs: the build holds one per instruction-set variant
 // (baseline x86-64, AVX2, AVX-512; or only "native" with STABLEREP_FAST_NATIVE=1), and the
-// first call of cpu_kernels() picks the best one this CPU supports. The bindings call the
-// kernels' entries through it: bindings.cpp -> cpu_kernels().<entry> (the copy's entry in
-// multipos_cpu.cpp or finite.cpp, which checks its arguments) -> the kernel template.
+// first call of cpu_kernels() picks the one the environment variable STABLEREP_FAST_CPU_VARIANT
+// names (benchmarks: "avx2" on an AVX-512 machine), else the best one this CPU supports. The
+// bindings call the kernels' entries through it: bindings.cpp -> cpu_kernels().<entry> (the
+// copy's entry in multipos_cpu.cpp or finite.cpp, which checks its arguments) -> the kernel
+// template.
 #pragma once
 
 #include <cstdint>

@@ -6,13 +6,17 @@
 // registers) over packed slivers of b; the lse pass folds them into an online
 // log-sum-exp, the weighted-sum pass turns them into weights P and accumulates P @ b with a
 // second micro-kernel (MR rows x DC features). Inputs are copied once into zero-padded
-// buffers (O(N * D)), so the micro-kernels never see ragged edges.
+// buffers (O(N * D)), so the micro-kernels never see ragged edges. The register tiles follow
+// the vector width: MR x (NR / lanes) accumulators must leave registers for the operands
+// (AVX2 has 16: 6 x 2 accumulators; AVX-512 has 32: 8 x 2).
 //
 // Compiled once per CPU variant (instruction set), into namespace srf::SRF_CPU_NS; see
 // cpu_kernels.h.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_kernels.h"
@@ -23,34 +27,88 @@ namespace srf {
 namespace SRF_CPU_NS {
 namespace {
 
-constexpr int64_t MR = 8;    // rows per micro-tile: 8 x 2 AVX-512 accumulators (4 rows: 1.8x slower, 2-core Zen 4)
-constexpr int64_t NR = 32;   // columns per similarity micro-tile (2 AVX-512 fp32 vectors)
-constexpr int64_t DC = 32;   // features per P @ b micro-tile
-constexpr int64_t TM = 64;   // rows per task
-constexpr int64_t TN = 256;  // columns per panel: a TM x TN fp32 block is 64 KiB
+#if defined(SRF_CPU_VECTOR_BYTES)
+constexpr int64_t kVectorBytes = SRF_CPU_VECTOR_BYTES;
+#elif defined(__AVX512F__)
+constexpr int64_t kVectorBytes = 64;
+#elif defined(__AVX2__)
+constexpr int64_t kVectorBytes = 32;
+#else
+constexpr int64_t kVectorBytes = 16;
+#endif
+// Rows per micro-tile: 8 x 2 AVX-512 accumulators (4 rows: 1.8x slower, 2-core Zen 4); with
+// 16 registers, 6 x 2 (AVX2 on the AVX-512 tile, 8 rows x 4 vectors, spilled accumulators to
+// the stack in every step).
+constexpr int64_t MR = kVectorBytes >= 64 ? 8 : 6;
+constexpr int64_t TM = 8 * MR;  // rows per task
+constexpr int64_t TN = 256;     // columns per panel: a TM x TN fp32 block is 48-64 KiB
+
+// Columns per similarity micro-tile and features per P @ b micro-tile: two vectors of T.
+template <typename T>
+constexpr int64_t NR = 2 * kVectorBytes / static_cast<int64_t>(sizeof(T));
+template <typename T>
+constexpr int64_t DC = NR<T>;
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// exp(x) for x <= ~0 (every argument here is s - max or s - lse): Cody-Waite reduction and
-// the Cephes polynomial, ~1 ulp; exp(-inf) and exp(x < -87) give 0. Written so GCC
-// vectorises the loops that call it: rounding by the 1.5 * 2^23 trick (std::floor blocks
-// vectorisation with GCC 12) and 2^n by a bit cast.
-inline float exp_nonpositive(float x) {
-  const float xc = std::max(x, -87.0f);
-  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  const float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
+// One vector register of T (GCC and Clang vector extensions), for the element-wise passes:
+// exp, the mask and the softmax weights run on whole vectors. (GCC 12 left the scalar loops
+// around a scalar exp unvectorised: its bit cast to float lowers to a memset.)
+template <typename T>
+struct Simd {
+  static constexpr int64_t lanes = kVectorBytes / static_cast<int64_t>(sizeof(T));
+  typedef T vec __attribute__((vector_size(kVectorBytes)));
+  typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> lane_int;
+  typedef lane_int ivec __attribute__((vector_size(kVectorBytes)));
+
+  static vec load(const T* p) {
+    vec v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+  static void store(T* p, vec v) { std::memcpy(p, &v, sizeof v); }
+  static vec splat(T x) { return vec{} + x; }
+  // Lane i holds c + i: the column index of each lane, for the mask.
+  static ivec columns(int64_t c) {
+    ivec v;
+    for (int64_t i = 0; i < lanes; ++i) v[i] = static_cast<lane_int>(c + i);
+    return v;
+  }
+  static T sum(vec v) {
+    T total = 0;
+    for (int64_t i = 0; i < lanes; ++i) total += v[i];
+    return total;
+  }
+  static T max(vec v) {
+    T m = v[0];
+    for (int64_t i = 1; i < lanes; ++i) m = std::max(m, v[i]);
+    return m;
+  }
+};
+
+// exp(x) for x <= ~0 (every argument here is s - max or s - lse), a vector at a time:
+// Cody-Waite reduction and the Cephes polynomial, ~1 ulp; exp(-inf) and exp(x < -87) give 0.
+// Rounding to an integer by the 1.5 * 2^23 trick, 2^n by building its exponent bits.
+inline Simd<float>::vec exp_nonpositive(Simd<float>::vec x) {
+  using V = Simd<float>::vec;
+  const V xc = x < -87.0f ? V{} - 87.0f : x;
+  const V n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const V r = xc - n * 0.693359375f + n * 2.12194440e-4f;
+  V p = V{} + 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const float two_n = __builtin_bit_cast(float, (static_cast<int32_t>(n) + 127) << 23);
-  return x < -87.0f ? 0.0f : p * two_n;
+  const V two_n = reinterpret_cast<V>((__builtin_convertvector(n, Simd<float>::ivec) + 127) << 23);
+  return x < -87.0f ? V{} : p * two_n;
 }
 
-inline double exp_nonpositive(double x) { return std::exp(x); }
+inline Simd<double>::vec exp_nonpositive(Simd<double>::vec x) {
+  for (int64_t i = 0; i < Simd<double>::lanes; ++i) x[i] = std::exp(x[i]);
+  return x;
+}
 
 // Zero-padded copies laid out for the micro-kernels: every micro-kernel operand is one
 // contiguous stream (strided panels thrash L1 sets when nb or D is a power of two).
@@ -67,8 +125,8 @@ template <typename T>
 Packed<T> pack_inputs(const MultiposProblem& p, bool need_b_slivers) {
   Packed<T> q;
   q.na_pad = round_up(p.na, MR);
-  q.nb_pad = round_up(p.nb, NR);
-  q.dp = round_up(p.d, DC);
+  q.nb_pad = round_up(p.nb, NR<T>);
+  q.dp = round_up(p.d, DC<T>);
   const T* a = static_cast<const T*>(p.a);
   const T* b = static_cast<const T*>(p.b);
   q.bt.assign(q.dp * q.nb_pad, T(0));
@@ -86,10 +144,10 @@ Packed<T> pack_inputs(const MultiposProblem& p, bool need_b_slivers) {
 #pragma omp parallel for schedule(static)
 #endif
   for (int64_t j = 0; j < p.nb; ++j) {
-    T* sliver = q.bt.data() + (j / NR) * q.dp * NR + j % NR;
-    for (int64_t k = 0; k < p.d; ++k) sliver[k * NR] = b[j * p.d + k];
+    T* sliver = q.bt.data() + (j / NR<T>) * q.dp * NR<T> + j % NR<T>;
+    for (int64_t k = 0; k < p.d; ++k) sliver[k * NR<T>] = b[j * p.d + k];
     if (need_b_slivers)
-      for (int64_t k = 0; k < p.d; ++k) q.b[((k / DC) * q.nb_pad + j) * DC + k % DC] = b[j * p.d + k];
+      for (int64_t k = 0; k < p.d; ++k) q.b[((k / DC<T>) * q.nb_pad + j) * DC<T> + k % DC<T>] = b[j * p.d + k];
   }
   return q;
 }
@@ -97,50 +155,59 @@ Packed<T> pack_inputs(const MultiposProblem& p, bool need_b_slivers) {
 // s[MR][NR] (row stride lds) = a[MR rows of length dp] . sliver[dp][NR].
 template <typename T>
 inline void similarity_micro(const T* a, int64_t dp, const T* sliver, T* s, int64_t lds) {
-  T acc[MR][NR] = {};
+  T acc[MR][NR<T>] = {};
   for (int64_t k = 0; k < dp; ++k) {
-    const T* bk = sliver + k * NR;
+    const T* bk = sliver + k * NR<T>;
     for (int64_t r = 0; r < MR; ++r) {
       const T ar = a[r * dp + k];
 #pragma omp simd
-      for (int64_t c = 0; c < NR; ++c) acc[r][c] += ar * bk[c];
+      for (int64_t c = 0; c < NR<T>; ++c) acc[r][c] += ar * bk[c];
     }
   }
   for (int64_t r = 0; r < MR; ++r)
-    for (int64_t c = 0; c < NR; ++c) s[r * lds + c] = acc[r][c];
+    for (int64_t c = 0; c < NR<T>; ++c) s[r * lds + c] = acc[r][c];
 }
 
 // o[MR][DC] (row stride ldo) += w[MR][nj] (row stride ldw) @ sliver[nj][DC].
 template <typename T>
 inline void weighted_rows_micro(const T* w, int64_t ldw, const T* sliver, int64_t nj, T* o, int64_t ldo) {
-  T acc[MR][DC];
+  T acc[MR][DC<T>];
   for (int64_t r = 0; r < MR; ++r)
-    for (int64_t c = 0; c < DC; ++c) acc[r][c] = o[r * ldo + c];
+    for (int64_t c = 0; c < DC<T>; ++c) acc[r][c] = o[r * ldo + c];
   for (int64_t j = 0; j < nj; ++j) {
-    const T* bj = sliver + j * DC;
+    const T* bj = sliver + j * DC<T>;
     for (int64_t r = 0; r < MR; ++r) {
       const T wr = w[r * ldw + j];
 #pragma omp simd
-      for (int64_t c = 0; c < DC; ++c) acc[r][c] += wr * bj[c];
+      for (int64_t c = 0; c < DC<T>; ++c) acc[r][c] += wr * bj[c];
     }
   }
   for (int64_t r = 0; r < MR; ++r)
-    for (int64_t c = 0; c < DC; ++c) o[r * ldo + c] = acc[r][c];
+    for (int64_t c = 0; c < DC<T>; ++c) o[r * ldo + c] = acc[r][c];
 }
 
 // Raw similarities of rows [i0, i0 + rows) against panel columns [j0, j0 + jw) into s[TM][TN].
 template <typename T>
 void similarity_block(const Packed<T>& q, int64_t i0, int64_t rows, int64_t j0, int64_t jw, T* s) {
   for (int64_t r0 = 0; r0 < rows; r0 += MR)
-    for (int64_t c0 = 0; c0 < jw; c0 += NR)
+    for (int64_t c0 = 0; c0 < jw; c0 += NR<T>)
       similarity_micro(q.a + (i0 + r0) * q.dp, q.dp, q.bt.data() + (j0 + c0) * q.dp, s + r0 * TN + c0, TN);
 }
 
-// Index of the excluded column of row i, or -1.
-inline int64_t excluded_col(const MultiposProblem& p, int64_t i) { return p.has_diag ? i + p.diag : -1; }
+// The panel-relative index of row i's excluded column in the panel [j0, j0 + jw), or -1 when
+// the panel does not hold it (as a vector lane's integer type).
+template <typename Lane>
+Lane skipped_lane(const MultiposProblem& p, int64_t i, int64_t j0, int64_t jw) {
+  const int64_t c = p.has_diag ? i + p.diag - j0 : -1;
+  return static_cast<Lane>(c >= 0 && c < jw ? c : -1);
+}
 
 template <typename T>
 void lse_impl(const MultiposProblem& p, T* lse_out) {
+  using S = Simd<T>;
+  using Vec = typename S::vec;
+  using IVec = typename S::ivec;
+  using Lane = typename S::lane_int;
   const Packed<T> q = pack_inputs<T>(p, false);
   const T scale = static_cast<T>(p.scale);
   const T neg_inf = -std::numeric_limits<T>::infinity();
@@ -161,20 +228,21 @@ void lse_impl(const MultiposProblem& p, T* lse_out) {
         similarity_block(q, i0, rows, j0, jw, s.data());
         for (int64_t r = 0; r < rows && i0 + r < p.na; ++r) {
           T* sr = s.data() + r * TN;
-          const int64_t skip = excluded_col(p, i0 + r) - j0;
-          const int64_t valid = std::min(jw, p.nb - j0);
-          T mx = neg_inf;
-#pragma omp simd reduction(max : mx)
-          for (int64_t c = 0; c < jw; ++c) {
-            sr[c] = ((c < valid) & (c != skip)) ? scale * sr[c] : neg_inf;
-            mx = std::max(mx, sr[c]);
+          const Lane skip = skipped_lane<Lane>(p, i0 + r, j0, jw);
+          const Lane valid = static_cast<Lane>(std::min(jw, p.nb - j0));
+          Vec mx = S::splat(neg_inf);
+          for (int64_t c = 0; c < jw; c += S::lanes) {  // jw is a multiple of NR: whole vectors
+            const IVec col = S::columns(c);
+            const Vec x = (col < valid) & (col != skip) ? scale * S::load(sr + c) : S::splat(neg_inf);
+            S::store(sr + c, x);
+            mx = mx > x ? mx : x;
           }
-          if (mx == neg_inf) continue;  // nothing in this panel
-          const T m_new = std::max(m[r], mx);
-          T sum = 0;
-#pragma omp simd reduction(+ : sum)
-          for (int64_t c = 0; c < jw; ++c) sum += exp_nonpositive(sr[c] - m_new);
-          l[r] = (m[r] == neg_inf ? T(0) : l[r] * exp_nonpositive(m[r] - m_new)) + sum;
+          const T panel_max = S::max(mx);
+          if (panel_max == neg_inf) continue;  // nothing in this panel
+          const T m_new = std::max(m[r], panel_max);
+          Vec sum{};
+          for (int64_t c = 0; c < jw; c += S::lanes) sum += exp_nonpositive(S::load(sr + c) - m_new);
+          l[r] = (m[r] == neg_inf ? T(0) : l[r] * std::exp(m[r] - m_new)) + S::sum(sum);
           m[r] = m_new;
         }
       }
@@ -197,6 +265,10 @@ void weighted_sum_impl(const MultiposProblem& p, const void* u_in, const void* l
   const T* lse_a = static_cast<const T*>(lse_a_in);
   const T* v = static_cast<const T*>(v_in);
   const T* lse_b = static_cast<const T*>(lse_b_in);
+  using S = Simd<T>;
+  using Vec = typename S::vec;
+  using IVec = typename S::ivec;
+  using Lane = typename S::lane_int;
   const Packed<T> q = pack_inputs<T>(p, true);
   const T scale = static_cast<T>(p.scale);
   // Column terms padded so the inner loops never read past nb (padding weight 0).
@@ -226,23 +298,23 @@ void weighted_sum_impl(const MultiposProblem& p, const void* u_in, const void* l
             std::fill(sr, sr + jw, T(0));
             continue;
           }
-          const int64_t skip = excluded_col(p, i) - j0;
-          const int64_t valid = std::min(jw, p.nb - j0);
+          const Lane skip = skipped_lane<Lane>(p, i, j0, jw);
+          const Lane valid = static_cast<Lane>(std::min(jw, p.nb - j0));
           const T ui = HAS_U ? u[i] : T(0), la = HAS_U ? lse_a[i] : T(0);
           const T* vj = HAS_V ? v_pad.data() + j0 : nullptr;
           const T* lb = HAS_V ? lse_b_pad.data() + j0 : nullptr;
-#pragma omp simd
-          for (int64_t c = 0; c < jw; ++c) {
-            const T x = scale * sr[c];
-            T w = 0;
-            if (HAS_U) w += ui * exp_nonpositive(x - la);
-            if (HAS_V) w += vj[c] * exp_nonpositive(x - lb[c]);
-            sr[c] = ((c < valid) & (c != skip)) ? w : T(0);
+          for (int64_t c = 0; c < jw; c += S::lanes) {  // jw is a multiple of NR: whole vectors
+            const Vec x = scale * S::load(sr + c);
+            Vec w{};
+            if constexpr (HAS_U) w += ui * exp_nonpositive(x - la);
+            if constexpr (HAS_V) w += S::load(vj + c) * exp_nonpositive(x - S::load(lb + c));
+            const IVec col = S::columns(c);
+            S::store(sr + c, (col < valid) & (col != skip) ? w : Vec{});
           }
         }
         for (int64_t r0 = 0; r0 < rows; r0 += MR)
-          for (int64_t d0 = 0; d0 < q.dp; d0 += DC)
-            weighted_rows_micro(s.data() + r0 * TN, TN, q.b.data() + (d0 * q.nb_pad + j0 * DC), jw,
+          for (int64_t d0 = 0; d0 < q.dp; d0 += DC<T>)
+            weighted_rows_micro(s.data() + r0 * TN, TN, q.b.data() + (d0 * q.nb_pad + j0 * DC<T>), jw,
                                 o.data() + r0 * q.dp + d0, q.dp);
       }
       for (int64_t r = 0; r < rows && i0 + r < p.na; ++r)

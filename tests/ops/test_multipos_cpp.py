@@ -205,3 +205,16 @@ def test_unknown_or_unrunnable_cpu_variant_is_refused(restore_cpu_variant):
         if not runs:
             with pytest.raises(ValueError, match="does not run on this CPU"):
                 _ext.extension().set_cpu_variant(name)
+
+
+@pytest.mark.parametrize("name", [RUNNABLE_VARIANTS[-1], "avx9000"])
+def test_environment_variable_picks_the_first_variant(name):
+    # STABLEREP_FAST_CPU_VARIANT (benchmarks: AVX2 on an AVX-512 machine) is read at the first
+    # kernel call, so it needs a fresh process.
+    code = "import stablerep_fast._ext as e; print(e.extension().build_info()['cpu_variant'])"
+    run = subprocess.run([sys.executable, "-c", code], env={**os.environ, "STABLEREP_FAST_CPU_VARIANT": name},
+                         capture_output=True, text=True)
+    if name in RUNNABLE_VARIANTS:
+        assert run.returncode == 0 and run.stdout.strip() == name, run.stderr
+    else:
+        assert run.returncode != 0 and "STABLEREP_FAST_CPU_VARIANT" in run.stderr
