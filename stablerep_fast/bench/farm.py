@@ -6,7 +6,7 @@ lengths, I/O), times ``straggler_slowdown`` on the ``straggler_frac`` of ranks t
 (older GPUs, thermal throttling, a noisy neighbour). The same shard times serve both policies:
 
 - static: rank r runs the shards s % ranks == r (``generate --assign static``);
-- dynamic: a free rank claims the next unclaimed shard (``generate/claims.py``), paying
+- dynamic: a free rank claims the next unclaimed shard (``generate/farm/claims.py``), paying
   ``claim_seconds`` per shard (a folder listing and an exclusive create on an object store).
 
 Optionally ``preempted`` ranks die at a uniformly random time within the ideal makespan. Static:
