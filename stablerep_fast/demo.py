@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stablerep_fast.data import build_loader, open_index
+from stablerep_fast.data import open_index
 from stablerep_fast.data.augment import Augment
 from stablerep_fast.data.memory import MemoryLoader, decode_index
 from stablerep_fast.errors import ConfigError, OutputError
@@ -283,14 +283,8 @@ def _loaders(config: DemoConfig, seed: int, root: Path) -> dict[str, Callable[[T
                                                     image_size=run.image_size, augment=run.augment,
                                                     device=torch.device("cpu"))  # fmt: skip
 
-    def multipos(run: TrainConfig):
-        if config.online:
-            return build_loader(f"generator:{config.world}", run.captions_per_batch, run.images_per_caption, run.image_size,
-                                device="cpu", seed=run.seed, num_workers=config.num_workers, augment=run.augment,
-                                online={"captions": str(captions_file), "resolution": config.resolution,
-                                        "guidance": config.fidelity})  # fmt: skip
-        return in_memory(images.permute(0, 1, 3, 4, 2))(run)
-
+    # Online, train builds the multi-positive loader from its config (data = generator:WORLD).
+    multipos = (lambda run: None) if config.online else in_memory(images.permute(0, 1, 3, 4, 2))
     loaders = {"multipos": multipos, "simclr": in_memory(first)}
     if config.world == "digits":
         loaders["simclr_real"] = in_memory(real_digits(config.recipe.image_size, validation=config.validation).train.x)
@@ -300,6 +294,10 @@ def _loaders(config: DemoConfig, seed: int, root: Path) -> dict[str, Callable[[T
 def _method_config(config: DemoConfig, method: str, seed: int, out: Path) -> TrainConfig:
     base = replace(config.recipe, seed=seed, progress=config.progress, resume=False, checkpoint_every=config.recipe.steps,
                    stop_at=None, out=str(out / method), data="")  # fmt: skip
+    if method == "multipos" and config.online:
+        return replace(base, data=f"generator:{config.world}", num_workers=config.num_workers,
+                       online={"captions": str(out / "data" / "captions.txt"), "resolution": config.resolution,
+                               "guidance": config.fidelity})  # fmt: skip
     if method == "multipos":
         return base
     return replace(base, images_per_caption=2, captions_per_batch=base.batch_images // 2, augment=config.simclr_augment)

@@ -34,5 +34,5 @@ def test_demo_online_trains_multipos_without_stored_shards(tmp_path):
     assert results["config"]["online"] is True
     assert not (tmp_path / "seed0" / "data" / "multipos").exists()  # its batches were generated while training
     saved = (tmp_path / "seed0" / "multipos" / "config.yaml").read_text()
-    assert "data: generator:shapes" in saved and "captions.txt" in saved
+    assert "data: generator:digits" in saved and "captions.txt" in saved
     assert 0.0 <= results["summary"]["multipos"]["probe_acc"]["mean"] <= 1.0
