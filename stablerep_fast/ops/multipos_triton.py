@@ -235,20 +235,25 @@ class Tiles:
     programs_per_sm: int = 1  # held at once, by its registers and shared memory (checked by triton_aot)
 
 
-# Hopper (sm_90) tensor-core tiles for D <= 256 a multiple of 16, by (kernel, float32 inputs,
-# D > 128): rows, columns per step, warps, pipeline stages, programs per SM. Each is the
-# fastest for the model of ops.roofline (estimates at N = 8192 and 65536; the candidates and
-# the table are in benchmarks/RESULTS.md) among the settings ptxas compiles without spills;
-# where the model ties, the deeper pipeline (latency the model does not count).
+# Hopper (sm_90) tensor-core tiles for D <= 256 a multiple of 16, by (kernel, inputs, D > 128):
+# rows, columns per step, warps, pipeline stages, programs per SM. "split": weighted_sum with p
+# in two parts (float16; bfloat16 with "ieee"). Each is the fastest for the model of
+# ops.roofline (estimates at N = 8192 and 65536; benchmarks/RESULTS.md) among the settings
+# ptxas compiles without spills and at their programs per SM under Triton 3.6 and 3.8; where
+# the model ties, the deeper pipeline (latency the model does not count).
 _HOPPER_TILES = {
-    ("lse", False, False): (256, 64, 8, 2, 2),
-    ("lse", False, True): (128, 64, 8, 1, 2),
-    ("lse", True, False): (128, 64, 8, 1, 2),
-    ("lse", True, True): (128, 64, 8, 1, 1),
-    ("weighted_sum", False, False): (64, 64, 4, 3, 2),
-    ("weighted_sum", False, True): (64, 64, 4, 2, 2),
-    ("weighted_sum", True, False): (64, 64, 4, 2, 2),
-    ("weighted_sum", True, True): (64, 64, 8, 2, 1),
+    ("lse", "bf16", False): (256, 64, 8, 2, 2),
+    ("lse", "bf16", True): (128, 64, 8, 1, 2),
+    ("lse", "fp16", False): (128, 64, 8, 2, 2),  # 256 rows: 167 registers, one program per SM
+    ("lse", "fp16", True): (128, 64, 8, 1, 2),
+    ("lse", "fp32", False): (128, 64, 8, 1, 2),
+    ("lse", "fp32", True): (128, 64, 8, 1, 1),
+    ("weighted_sum", "bf16", False): (64, 64, 4, 3, 2),
+    ("weighted_sum", "bf16", True): (64, 64, 4, 2, 2),
+    ("weighted_sum", "split", False): (64, 32, 4, 3, 2),  # p's two parts: 64 columns spill
+    ("weighted_sum", "split", True): (64, 32, 4, 3, 2),
+    ("weighted_sum", "fp32", False): (64, 32, 4, 2, 2),  # 64 columns spill on Triton 3.6
+    ("weighted_sum", "fp32", True): (64, 64, 8, 1, 1),
 }
 
 
@@ -259,11 +264,11 @@ def tiles(v: Variant, arch: int = 90, interpret: bool = False) -> Tiles:
     program keeps its whole row tile [BLOCK_M, D] and, in weighted_sum, its whole [BLOCK_M, D]
     float32 accumulator on chip, so no product is recomputed per output slice, and walks the
     columns in 64-wide steps (m64n64 score products, the narrowest that wgmma reads from
-    shared memory at full rate, docs/roofline.md). Where registers and shared memory allow,
-    two programs share an SM, so that one's products overlap the other's exponentials; lse,
-    which keeps no accumulator, takes 128 or 256 rows per program (fewer L2 reads of b).
-    Table ``_HOPPER_TILES``; p in two parts (bfloat16 "ieee", float16) takes 32-column steps.
-    None is timed on a GPU yet.
+    shared memory at full rate, docs/roofline.md) where that does not spill, else 32-wide
+    ones. Where registers and shared memory allow, two programs share an SM, so that one's
+    products overlap the other's exponentials; lse, which keeps no accumulator, takes 128 or
+    256 rows per program (fewer L2 reads of b). Table ``_HOPPER_TILES``; none is timed on a
+    GPU yet.
 
     Elsewhere (sm_80, "ieee", D > 256 or not a multiple of 16) programs own 64 rows as one
     warpgroup, with settings read off ptxas's register report alone (none spills on sm_80 or
@@ -286,9 +291,8 @@ def tiles(v: Variant, arch: int = 90, interpret: bool = False) -> Tiles:
     split_p = not lse and (v.dtype == torch.float16 or (v.dtype == torch.bfloat16 and v.precision == "ieee"))
     hopper = arch >= 90
     if hopper and not ieee and not wide and aligned:
-        block_m, block_n, num_warps, num_stages, per_sm = _HOPPER_TILES[(v.kernel, fp32, d > 128)]
-        if split_p:  # p's two parts take registers: 64-column steps spill at D = 256
-            block_n = 32
+        inputs = "split" if split_p else {torch.float32: "fp32", torch.float16: "fp16"}.get(v.dtype, "bf16")
+        block_m, block_n, num_warps, num_stages, per_sm = _HOPPER_TILES[(v.kernel, inputs, d > 128)]
         return Tiles(block_m, block_n, block_k, block_k, num_warps, num_stages, per_sm)
     block_dv, num_warps = 128 if wide else block_k, 4
     if ieee:
