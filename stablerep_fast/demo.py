@@ -58,6 +58,9 @@ ENCODERS = ("multipos", "simclr", "simclr_real", "random_init", "raw_pixels")
 NAMES = {"multipos": "multi-positive (generated)", "simclr": "SimCLR-style (generated)",
          "simclr_real": "SimCLR-style (real scans)", "random_init": "random init", "raw_pixels": "raw pixels"}  # fmt: skip
 STUDIES = ("augment", "m", "fidelity", "resolution", "steps")
+# Each study's default values (run_study).
+STUDY_VALUES = {"augment": (0.25, 0.5, 1.0), "m": (2, 4, 8), "fidelity": (0.5, 1.0, 2.0), "resolution": (8, 16, 32),
+                "steps": (150, 300)}  # fmt: skip
 PLOT = "probe_vs_step.png"
 RESULTS = "results.json"
 # Recipe settings per world, each chosen on the validation split (benchmarks/RESULTS.md, "Demo").
@@ -231,10 +234,6 @@ def run_study(config: DemoConfig, study: str, values: Sequence | None = None) ->
     return rows
 
 
-STUDY_VALUES = {"augment": (0.25, 0.5, 1.0), "m": (2, 4, 8), "fidelity": (0.5, 1.0, 2.0), "resolution": (8, 16, 32),
-                "steps": (150, 300)}  # fmt: skip
-
-
 def _run_seed(config: DemoConfig, seed: int, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     timings = {}
@@ -275,7 +274,7 @@ def _loaders(config: DemoConfig, seed: int, root: Path) -> dict[str, Callable[[T
     k = 1 if config.online else config.images_per_caption  # image k depends only on (seed, caption, k)
     folder = root / f"images-k{k}"
     generate(GenerateConfig(out=folder, images_per_caption=k, **common))
-    images, counts, _ = decode_index(open_index(folder))
+    images, _, _ = decode_index(open_index(folder))
     first = images[:, 0].permute(0, 2, 3, 1)  # image 0 of each caption: [C, H, W, 3]
 
     def in_memory(pixels: torch.Tensor | np.ndarray) -> Callable[[TrainConfig], MemoryLoader]:
