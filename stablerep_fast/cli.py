@@ -223,7 +223,7 @@ def _add_demo(subparsers) -> None:
     p.add_argument("--seeds", type=csv_list(int), default=None, help="comma list, e.g. 0,1,2: mean +- std over seeds (default 0)")
     p.add_argument("--steps", type=int, default=None, help=f"training steps per encoder (default {d.recipe.steps})")
     p.add_argument("--captions", type=int, default=None, help=f"captions to generate (default {d.captions})")
-    p.add_argument("--fidelity", type=float, default=None, help="the generator's guidance: how closely images follow their caption")
+    _add_data_flags(p)
     p.add_argument("--validation", action="store_true",
                    help="evaluate on a split of the real training scans, never the test scans (choosing settings)")
     p.add_argument("--study", choices=STUDIES, default=None,
@@ -242,13 +242,28 @@ def _run_demo(args: argparse.Namespace) -> int:
     config = DemoConfig.quick(args.out, world=args.world or "digits") if args.quick else DemoConfig(out=args.out)
     config = config.with_overrides(seeds=args.seeds, steps=args.steps, captions=args.captions, progress=args.progress,
                                    validation=args.validation, online=args.online, world=args.world,
-                                   fidelity=args.fidelity, overwrite=args.overwrite or None)  # fmt: skip
+                                   overwrite=args.overwrite or None, **_data_flags(args))  # fmt: skip
     if args.study:
         run_study(config, args.study, args.study_values)
     else:
         run_demo(config)
         print(f"wrote {args.out / 'results.json'}")
     return 0
+
+
+def _add_data_flags(p: argparse.ArgumentParser) -> None:
+    """The demo's (and sweep's) settings of its generated images."""
+    p.add_argument("--fidelity", type=float, default=None, help="the generator's guidance: how closely images follow their caption")
+    p.add_argument("--latent-std", type=float, default=None,
+                   help="GenRep latent-neighbour views: the spread of a caption's noises (default: independent noises)")
+    p.add_argument("--min-score", type=float, default=None,
+                   help="train multi-positive only on images whose truth score is at least this (groups kept whole)")
+    p.add_argument("--regenerate-below", type=float, default=None, help="redraw images whose truth score is below this")
+    p.add_argument("--max-regenerations", type=int, default=None, help="redraws per image at most (default 1)")
+
+
+def _data_flags(args: argparse.Namespace) -> dict:
+    return {name: getattr(args, name) for name in ("fidelity", "latent_std", "min_score", "regenerate_below", "max_regenerations")}
 
 
 def _add_sweep(subparsers) -> None:
@@ -258,12 +273,14 @@ def _add_sweep(subparsers) -> None:
     p = subparsers.add_parser("sweep", help="one generation parameter over values: generate, train (demo recipe), probe "
                                             "on the validation split; sweep.json and a plot with the mean consistency score")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="output folder: one demo per value, sweep.json, sweep.png")
-    p.add_argument("--param", choices=list(PARAMS), required=True, help="guidance_scale: the procedural worlds' fidelity")
+    p.add_argument("--param", choices=list(PARAMS), required=True, help="guidance_scale: the procedural worlds' fidelity; latent_std: GenRep's latent-neighbour spread; min_score: the load-time filter")
     p.add_argument("--values", type=csv_list(float), required=True, help="comma list, e.g. 1,2,4,8")
     p.add_argument("--world", choices=WORLDS, default="digits")
     p.add_argument("--quick", action="store_true", help="the demo's CI size")
     p.add_argument("--seeds", type=csv_list(int), default=None, help="comma list (default 0)")
     p.add_argument("--steps", type=int, default=None, help="training steps per value")
+    p.add_argument("--captions", type=int, default=None, help="captions to generate per value")
+    _add_data_flags(p)
     p.add_argument("--overwrite", action="store_true", help="replace an earlier sweep in --out")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=_run_sweep)
@@ -274,7 +291,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
     from stablerep_fast.sweep import SWEEP_FILE, format_sweep, run_sweep
 
     config = DemoConfig.quick(args.out, world=args.world) if args.quick else DemoConfig(out=args.out, world=args.world)
-    config = config.with_overrides(seeds=args.seeds, steps=args.steps, progress=args.progress, overwrite=args.overwrite or None)
+    config = config.with_overrides(seeds=args.seeds, steps=args.steps, captions=args.captions, progress=args.progress,
+                                   overwrite=args.overwrite or None, **_data_flags(args))  # fmt: skip
     print(format_sweep(run_sweep(config, args.param, args.values)))
     print(f"wrote {args.out / SWEEP_FILE}")
     return 0

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from stablerep_fast.data import open_index
+from stablerep_fast.data.index import filter_by_score
 from stablerep_fast.data.augment import Augment
 from stablerep_fast.data.memory import MemoryLoader, decode_index
 from stablerep_fast.errors import ConfigError, OutputError
@@ -83,6 +84,11 @@ class DemoConfig:
     images_per_caption: int = 8  # K generated per caption for the multi-positive run
     resolution: int | None = None  # generated and saved
     fidelity: float | None = None  # the generator's guidance (digits: how closely images follow the caption)
+    latent_std: float | None = None  # None: independent noises; a value: GenRep's latent-neighbour views, this spread
+    # Consistency (every image is scored with its world's truth scorer, generate --score truth):
+    min_score: float | None = None  # multi-positive leaves out images scoring below this (train --min-score)
+    regenerate_below: float | None = None  # redraw images scoring below this (generate --regenerate-below)
+    max_regenerations: int = 1  # attempts per image beyond the first (generate --max-regenerations)
     recipe: TrainConfig | None = None
     simclr_augment: Augment | None = None  # both SimCLR-style baselines'
     curve_points: int = 4  # evaluations along training (the last at the final step)
@@ -121,6 +127,12 @@ class DemoConfig:
                               f"per batch, got {self.captions}")  # fmt: skip
         if self.fidelity is not None and self.fidelity < 0:
             raise ConfigError(f"--fidelity must be >= 0, got {self.fidelity}")
+        if self.latent_std is not None and self.latent_std <= 0:
+            raise ConfigError(f"--latent-std must be > 0, got {self.latent_std}")
+        if self.max_regenerations < 1:
+            raise ConfigError(f"--max-regenerations must be >= 1, got {self.max_regenerations}")
+        if self.online and (self.min_score is not None or self.regenerate_below is not None):
+            raise ConfigError("--min-score and --regenerate-below act on stored shards; drop them or --online")
 
     @classmethod
     def quick(cls, out: Path, **overrides) -> DemoConfig:
@@ -167,8 +179,10 @@ def run_demo(config: DemoConfig) -> dict:
         per_seed = {seed: _run_seed(config, seed, out / f"seed{seed}") for seed in config.seeds}
     finally:
         torch.set_num_threads(threads)
+    data = [r["data"] for r in per_seed.values()]
     results = {
         "summary": summarise(per_seed),
+        "data": {key: _stats([d[key] for d in data]) for key in data[0]},
         "per_seed": {str(seed): r for seed, r in per_seed.items()},
         "timings": {"total_s": time.perf_counter() - wall, "cpu_s": _cpu_seconds() - cpu, "cpus": os.cpu_count(),
                     "threads": torch.get_num_threads()},  # fmt: skip
@@ -229,7 +243,7 @@ def run_study(config: DemoConfig, study: str, values: Sequence | None = None) ->
     Path(config.out).mkdir(parents=True, exist_ok=True)
     Path(config.out, f"study-{study}-{'_'.join(f'{v:g}' for v in values)}.json").write_text(json.dumps(rows, indent=1))
     for row in rows:
-        metrics = ", ".join(f"{k} {_pm(row[k])}" for k in _metrics(row))
+        metrics = ", ".join(f"{k} {_pm(row[k])}" for k in accuracy_keys(row))
         print(f"{study}={row['value']:g} {row['method']}: {metrics}")
     return rows
 
@@ -239,7 +253,8 @@ def _run_seed(config: DemoConfig, seed: int, out: Path) -> dict:
     timings = {}
     # 1. Data: K images per caption (image 0 of each is the SimCLR-style set); the evaluation data.
     tick = time.perf_counter()
-    loaders = _loaders(config, seed, out / "data")
+    data: dict = {}  # what _loaders records of the generated images
+    loaders = _loaders(config, seed, out / "data", data)
     timings["generate_s"] = time.perf_counter() - tick
     evaluator = _evaluator(config, seed)
 
@@ -257,34 +272,46 @@ def _run_seed(config: DemoConfig, seed: int, out: Path) -> dict:
     if config.world == "digits":
         results["raw_pixels"] = evaluator(None)
     timings["eval_baselines_s"] = time.perf_counter() - tick
-    return {**results, "timings": timings}
+    return {**results, "data": data, "timings": timings}
 
 
-def _loaders(config: DemoConfig, seed: int, root: Path) -> dict[str, Callable[[TrainConfig], object]]:
+def _loaders(config: DemoConfig, seed: int, root: Path, data: dict) -> dict[str, Callable[[TrainConfig], object]]:
     """For each method, a function of its run's config giving its loader. Generated images are
-    written as shards (as ``stablerep-fast generate`` writes them) and read back into memory."""
+    written as shards (as ``stablerep-fast generate`` writes them) and read back into memory.
+    Records in ``data`` the images' mean score and how many were redrawn and (with ``min_score``,
+    once the multi-positive loader is built) left out."""
     module = digits if config.world == "digits" else shapes
     captions_file = root / "captions.txt"
     root.mkdir(parents=True, exist_ok=True)
     captions = module.make_captions(config.captions, seed=seed, mode=config.caption_mode)
     captions_file.write_text("\n".join(captions) + "\n")
     # PNG: lossless at a few pixels a side; 64 captions per call: the procedural worlds draw batches at once.
-    common = dict(captions=captions_file, model=config.world, resolution=config.resolution, save_size=config.resolution,
-                  guidance=config.fidelity, seed=seed, image_format="png", batch_size=64, progress=False)  # fmt: skip
+    # Every image is scored by its world's truth scorer (cheap: re-derived from its caption and noise).
     k = 1 if config.online else config.images_per_caption  # image k depends only on (seed, caption, k)
     folder = root / f"images-k{k}"
-    generate(GenerateConfig(out=folder, images_per_caption=k, **common))
-    images, _, _ = decode_index(open_index(folder))
+    summary = generate(GenerateConfig(captions=captions_file, out=folder, model=config.world, images_per_caption=k,
+                                      resolution=config.resolution, save_size=config.resolution, guidance=config.fidelity,
+                                      seed=seed, image_format="png", batch_size=64, progress=False, scorer="truth",
+                                      regenerate_below=config.regenerate_below, max_regenerations=config.max_regenerations,
+                                      **_views(config)))  # fmt: skip
+    data["mean_score"], data["redrawn"] = summary.scores["mean"], summary.scores["regenerated"]
+    index = open_index(folder)
+    images, _, _ = decode_index(index)
     first = images[:, 0].permute(0, 2, 3, 1)  # image 0 of each caption: [C, H, W, 3]
+    options = dict(device=torch.device("cpu"))
 
     def in_memory(pixels: torch.Tensor | np.ndarray) -> Callable[[TrainConfig], MemoryLoader]:
         return lambda run: MemoryLoader.from_arrays(pixels, run.captions_per_batch, run.images_per_caption, seed=run.seed,
-                                                    image_size=run.image_size, augment=run.augment,
-                                                    device=torch.device("cpu"))  # fmt: skip
+                                                    image_size=run.image_size, augment=run.augment, **options)  # fmt: skip
+
+    def scored(run: TrainConfig) -> MemoryLoader:  # the multi-positive images scoring at least min_score, groups whole
+        kept, data["images_left_out"], data["captions_left_out"] = filter_by_score(index, config.min_score, run.images_per_caption)
+        return MemoryLoader.from_index(kept, run.captions_per_batch, run.images_per_caption, seed=run.seed,
+                                       image_size=run.image_size, augment=run.augment, **options)  # fmt: skip
 
     # Online, train builds the multi-positive loader from its config (data = generator:WORLD).
-    multipos = (lambda run: None) if config.online else in_memory(images.permute(0, 1, 3, 4, 2))
-    loaders = {"multipos": multipos, "simclr": in_memory(first)}
+    multipos = in_memory(images.permute(0, 1, 3, 4, 2)) if config.min_score is None else scored
+    loaders = {"multipos": (lambda run: None) if config.online else multipos, "simclr": in_memory(first)}
     if config.world == "digits":
         loaders["simclr_real"] = in_memory(real_digits(config.recipe.image_size, validation=config.validation).train.x)
     return loaders
@@ -296,10 +323,15 @@ def _method_config(config: DemoConfig, method: str, seed: int, out: Path) -> Tra
     if method == "multipos" and config.online:
         return replace(base, data=f"generator:{config.world}", num_workers=config.num_workers,
                        online={"captions": str(out / "data" / "captions.txt"), "resolution": config.resolution,
-                               "guidance": config.fidelity})  # fmt: skip
+                               "guidance": config.fidelity, **_views(config)})  # fmt: skip
     if method == "multipos":
         return base
     return replace(base, images_per_caption=2, captions_per_batch=base.batch_images // 2, augment=config.simclr_augment)
+
+
+def _views(config: DemoConfig) -> dict:
+    """The generation settings of ``config.latent_std``: none (independent noises) or latent neighbours."""
+    return {} if config.latent_std is None else {"views": "latent-neighbors", "latent_std": config.latent_std}
 
 
 Evaluator = Callable[[torch.nn.Module | None], dict]
@@ -353,14 +385,14 @@ def _train_and_evaluate(config: DemoConfig, run: TrainConfig, loader, evaluator:
         model, _ = load_model(summary.checkpoint)
         result = evaluator(model.backbone)
         eval_s += time.perf_counter() - tick
-        curve.append({"step": stop, **{k: result[k] for k in _metrics(result)}})
-        print(f"  step {stop}: " + ", ".join(f"{k} {result[k]:.3f}" for k in _metrics(result)), flush=True)
+        curve.append({"step": stop, **{k: result[k] for k in accuracy_keys(result)}})
+        print(f"  step {stop}: " + ", ".join(f"{k} {result[k]:.3f}" for k in accuracy_keys(result)), flush=True)
     result.update(curve=curve, steps=stops[-1], train_s=train_s, images_per_s=run.batch_images * stops[-1] / train_s,
                   first_loss=losses[0], last_loss=losses[-1])  # fmt: skip
     return result, train_s, eval_s
 
 
-def _metrics(result: dict) -> list[str]:
+def accuracy_keys(result: dict) -> list[str]:
     """The accuracy keys of a result, in a fixed order."""
     return [k for k in ("fewshot_acc", "probe_acc", "knn_acc") if k in result]
 
@@ -376,12 +408,12 @@ def summarise(per_seed: dict[int, dict]) -> dict:
     summary = {}
     for name in [name for name in ENCODERS if name in runs[0]]:
         r = [run[name] for run in runs]
-        summary[name] = {k: _stats([x[k] for x in r]) for k in _metrics(r[0])}
+        summary[name] = {k: _stats([x[k] for x in r]) for k in accuracy_keys(r[0])}
         if "by_label" in r[0]:
             summary[name]["by_label"] = {label: {k: _stats([x["by_label"][label][k] for x in r]) for k in ("probe_acc", "knn_acc")}
                                          for label in r[0]["by_label"]}  # fmt: skip
         if "curve" in r[0]:
-            summary[name]["curve"] = [{"step": point["step"], **{k: _stats([x["curve"][i][k] for x in r]) for k in _metrics(point)}}
+            summary[name]["curve"] = [{"step": point["step"], **{k: _stats([x["curve"][i][k] for x in r]) for k in accuracy_keys(point)}}
                                       for i, point in enumerate(r[0]["curve"])]  # fmt: skip
     return summary
 
@@ -394,7 +426,7 @@ def format_table(results: dict) -> str:
     """The summary as a text table (mean +- std over seeds)."""
     summary, seeds, config = results["summary"], len(results["per_seed"]), results["config"]
     labels = [label for label in config["probe_labels"] if config["world"] == "shapes"]
-    metrics = _metrics(next(iter(summary.values())))
+    metrics = accuracy_keys(next(iter(summary.values())))
     header = ["encoder", *metrics, *[f"probe_{label}" for label in labels]]
     fmt = _pm if seeds > 1 else (lambda x: f"{x['mean']:.3f}")
     rows = [header] + [[NAMES[name], *[fmt(s[k]) for k in metrics], *[fmt(s["by_label"][label]["probe_acc"]) for label in labels]]
@@ -409,6 +441,11 @@ def format_table(results: dict) -> str:
         split = "a validation split of the probe's training images" if config["validation"] else "held-out test images"
         what = f"shapes, {split}: linear probe (L-BFGS) and kNN, probe_acc = mean over {', '.join(labels)}"
     lines.append(f"{what}; {seeds} seed(s){', mean +- sample std' if seeds > 1 else ''}")
+    data = results["data"]
+    lines.append(f"generated images: mean consistency score {_pm(data['mean_score'])} (the world's truth), "
+                 f"{data['redrawn']['mean']:g} redrawn per seed"
+                 + (f", {data['images_left_out']['mean']:g} images and {data['captions_left_out']['mean']:g} captions left out "
+                    "by min_score" if "images_left_out" in data else ""))  # fmt: skip
     t = results["timings"]
     lines.append(f"total {t['total_s']:.0f} s wall clock, {t['cpu_s']:.0f} s CPU time (this process and its workers)")
     return "\n".join(lines)
@@ -425,7 +462,7 @@ def _plot(results: dict, path: Path) -> Path | None:
     except ImportError:
         return None
     summary, world = results["summary"], results["config"]["world"]
-    key = _metrics(next(iter(summary.values())))[0]
+    key = accuracy_keys(next(iter(summary.values())))[0]
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name in [name for name in summary if "curve" in summary[name]]:
         curve = summary[name]["curve"]

@@ -61,9 +61,11 @@ COMMANDS = {
         "--data", "--checkpoint", "--method", "--sweep", "--epochs", "--batch-size", "--knn-k", "--image-size",
         "--per-class", "--seed", "--device", "--json",
     ],
-    "demo": ["--out", "--world", "--quick", "--seeds", "--steps", "--captions", "--fidelity", "--validation", "--study",
-             "--study-values", "--online", "--overwrite", "--no-progress"],
-    "sweep": ["--out", "--param", "--values", "--world", "--quick", "--seeds", "--steps", "--overwrite", "--no-progress"],
+    "demo": ["--out", "--world", "--quick", "--seeds", "--steps", "--captions", "--fidelity", "--latent-std", "--min-score",
+             "--regenerate-below", "--max-regenerations", "--validation", "--study", "--study-values", "--online",
+             "--overwrite", "--no-progress"],
+    "sweep": ["--out", "--param", "--values", "--world", "--quick", "--seeds", "--steps", "--captions", "--fidelity",
+              "--latent-std", "--min-score", "--regenerate-below", "--max-regenerations", "--overwrite", "--no-progress"],
 }  # fmt: skip
 
 
