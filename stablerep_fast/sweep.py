@@ -45,8 +45,9 @@ def run_sweep(config: DemoConfig, param: str, values: Sequence[float]) -> dict:
     if (out / SWEEP_FILE).exists() and not config.overwrite:
         raise OutputError(f"{out} holds an earlier sweep ({SWEEP_FILE}); pass --overwrite or choose another --out")
     name, kind = PARAMS[param]
+    # Only the final accuracies are reported: one evaluation per run (curve_points=1).
     variants = [(kind(value), replace(config, out=out / f"{param}={kind(value):g}", validation=True, methods=(METHOD,),
-                                      overwrite=True, **{name: kind(value)}))  # fmt: skip
+                                      curve_points=1, overwrite=True, **{name: kind(value)}))  # fmt: skip
                 for value in values]  # every value checked before the first runs
     points = []
     for value, variant in variants:

@@ -5,6 +5,7 @@
 SD-Turbo's) exact layout this way, and tests run a tiny model of the same layout in seconds.
 ``random_pipeline``: a tiny random-weight diffusers pipeline of any family of
 ``generate/models/families.py`` (SDXL, SD3, PixArt, FLUX, LCM, turbo, ...), tokenizers included.
+``random_clip_folder``: an OpenCLIP folder of random weights, as ``generate --score clip:FOLDER`` reads.
 """
 
 from __future__ import annotations
@@ -209,3 +210,19 @@ def random_sd_components(kind: str, folder: Path) -> dict:
         scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                                   set_alpha_to_one=False, steps_offset=1)  # fmt: skip
     return dict(tokenizer=tokenizer, text_encoder=CLIPTextModel(text), unet=unet, vae=vae, scheduler=scheduler)
+
+
+def random_clip_folder(folder: Path, model_cfg: dict | str = "ViT-B-32") -> Path:
+    """Write an OpenCLIP hub-style folder (``open_clip_config.json`` and ``open_clip_pytorch_model.bin``)
+    of random weights into ``folder``: ``model_cfg`` a CLIP config dict or the name of one of
+    OpenCLIP's own (``open_clip.get_model_config``). Returns ``folder``."""
+    import open_clip
+
+    config = open_clip.get_model_config(model_cfg) if isinstance(model_cfg, str) else model_cfg
+    if config is None:
+        raise ValueError(f"OpenCLIP has no model config named {model_cfg!r}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": config}))
+    torch.save(open_clip.model.CLIP(**config).state_dict(), folder / "open_clip_pytorch_model.bin")
+    return folder

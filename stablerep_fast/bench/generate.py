@@ -20,6 +20,14 @@ throughput (images/s), unet_step_ms (one guided UNet call on 2 B K latents), pea
 speedup (vs eager, same model), floor_frac (images/s over the FLOP floor's images/s) and
 unet_floor_frac (the UNet floor over unet_step_ms), where the floor is known, and warmup_s
 (the first call: compilation, engine builds or loads).
+
+Consistency scorers (``generate --score``, ``generate/models/scorers.py``) are timed on the
+generation device as ``score:NAME`` records: ``digits`` (the digit world's truth, re-derived from
+captions and latents, on the digits generator's own images) and ``clip`` (OpenCLIP ViT-B/32 with
+random weights, loaded from a folder as ``--score clip:FOLDER`` loads it, on random images of the
+suite's output size). ``overhead`` is the scorer's time per image over the time per image of the
+generator it scores: the digits generator, and the eager SD record of this suite (on CPUs a tiny
+model, so only the GPU figure says what scoring adds to SD 1.5).
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from stablerep_fast.errors import first_line
 
 TITLE = "generate: images/s of the text-to-image pipeline per backend"
 COLUMNS = ["backend", "model", "dtype", "batch", "steps", "guidance", "resolution", "ms", "throughput", "unet_step_ms",
-           "peak_mb", "speedup", "floor_frac", "unet_floor_frac", "warmup_s", "error"]  # fmt: skip
+           "peak_mb", "speedup", "floor_frac", "unet_floor_frac", "overhead", "warmup_s", "error"]  # fmt: skip
 
 # SD 1.5 at 512 px (64x64 latent, 77 tokens), docs/method.md.
 UNET_FLOPS = 0.80e12  # per UNet forward per latent
@@ -44,14 +52,16 @@ VAE_DECODE_FLOPS = 2.5e12  # per image
 SD15_RESOLUTION = 512
 # Few-step families timed on GPUs by default: (family, steps), at 512 px.
 FEW_STEP_GPU = (("sd-turbo", 1), ("sd-turbo", 4))
+SCORERS = ("digits", "clip")  # timed by default
+CLIP_BENCH_MODEL = "ViT-B-32"
 
 def defaults(device: str, quick: bool) -> dict:
     """What ``run_generate_suite`` measures by default on ``device``."""
     if torch.device(device).type == "cuda":
         return dict(captions=2 if quick else 4, images_per_caption=4 if quick else 10, steps=20 if quick else 50,
-                    resolution=512, dtype="float16", repeats=3 if quick else 5)  # fmt: skip
+                    resolution=512, dtype="float16", repeats=3 if quick else 5, score_images=256)  # fmt: skip
     return dict(captions=2, images_per_caption=2, steps=10 if quick else 25, resolution=64, dtype="float32",
-                repeats=3 if quick else 5)  # fmt: skip
+                repeats=3 if quick else 5, score_images=16 if quick else 64)  # fmt: skip
 
 
 def unavailable() -> str | None:
@@ -272,6 +282,53 @@ def _shapes_record(device: torch.device, captions: int, k: int, resolution: int,
     return record
 
 
+def _score_record(name: str, device: torch.device, model: str, images: int, resolution: int, timing,
+                  generator_ms_per_image: float | None) -> dict:  # fmt: skip
+    ms_per_image = timing.median_ms / images
+    return dict(suite="generate", backend=f"score:{name}", device=device.type, dtype="float32", model=model, batch=images,
+                steps=None, guidance=None, resolution=resolution, ms=timing.median_ms, p90_ms=timing.p90_ms,
+                throughput=images / (timing.median_ms * 1e-3), unet_step_ms=None, peak_mb=None, speedup=None,
+                overhead=None if not generator_ms_per_image else ms_per_image / generator_ms_per_image)  # fmt: skip
+
+
+def _scorer_records(device: torch.device, names, images: int, resolution: int, repeats: int, sd_ms_per_image: float | None) -> list[dict]:
+    """Per scorer of ``names`` (SCORERS): ``images`` scored in one call, on ``device``."""
+    import numpy as np
+
+    from stablerep_fast.generate.models.digits import LATENT_DIM, DigitsPipeline
+    from stablerep_fast.generate.models.scorers import ClipScorer, DigitsTruth, score_images
+
+    records = []
+    for name in names:
+        try:
+            if name == "digits":
+                pipe, generator = DigitsPipeline(), torch.Generator().manual_seed(0)
+                prompts = pipe.make_captions(images)
+                latents = torch.randn(images, 1, LATENT_DIM, generator=generator)
+                draw = lambda: pipe(prompts, latents, resolution=32, output_size=32).images  # noqa: E731
+                pixels = draw()[:, 0]
+                draw_ms = time_fn(draw, torch.device("cpu"), warmup=1, repeats=repeats).median_ms
+                scorer, flat = DigitsTruth(), latents[:, 0]
+                timing = time_fn(lambda: score_images(scorer, prompts, pixels, flat, 1.0), torch.device("cpu"), warmup=1,
+                                 repeats=repeats)  # fmt: skip
+                records.append(_score_record(name, torch.device("cpu"), "digits", images, 32, timing, draw_ms / images))
+            elif name == "clip":
+                from stablerep_fast.testing import random_clip_folder
+
+                with tempfile.TemporaryDirectory() as tmp:
+                    scorer = ClipScorer(random_clip_folder(Path(tmp), CLIP_BENCH_MODEL), device, batch_size=images)
+                prompts = [f"a photo number {i}" for i in range(images)]
+                pixels = np.random.default_rng(0).integers(0, 256, (images, resolution, resolution, 3), dtype=np.uint8)
+                timing = time_fn(lambda: scorer(prompts, pixels), device, warmup=1, repeats=repeats)
+                records.append(_score_record(name, device, f"{CLIP_BENCH_MODEL}-random", images, resolution, timing,
+                                             sd_ms_per_image))  # fmt: skip
+            else:
+                records.append(skipped("generate", f"score:{name}", device.type, f"unknown scorer; choose from {list(SCORERS)}"))
+        except ImportError as exc:
+            records.append(skipped("generate", f"score:{name}", device.type, f"{first_line(exc)}: pip install 'stablerep_fast[all]'"))
+    return records
+
+
 def run_generate_suite(
     device: str,
     *,
@@ -287,13 +344,16 @@ def run_generate_suite(
     shapes_resolution: int = 256,
     repeats: int = 3,
     few_step: list[tuple[str, int]] | None = None,
+    scorers: list[str] | None = None,
+    score_images: int = 16,
 ) -> list[dict]:
-    """Time the pipeline per backend (random-weight SD, or ``sd_model``), the few-step families
-    and the shapes generator.
+    """Time the pipeline per backend (random-weight SD, or ``sd_model``), the few-step families,
+    the shapes generator and the consistency scorers.
 
     backends: generation backends and/or "shapes"; None = every backend that can run here
     (torch.compile on a CPU only when named) plus "shapes". few_step: (family, steps) pairs of
-    ``generate/models/families.py``; None: FEW_STEP_GPU on GPUs, none on CPUs.
+    ``generate/models/families.py``; None: FEW_STEP_GPU on GPUs, none on CPUs. scorers: names of
+    SCORERS (None: all), each timed on ``score_images`` images per call.
     """
     dev = torch.device(device)
     settings = dict(captions=captions, k=images_per_caption, steps=steps, guidance=guidance, resolution=resolution,
@@ -312,5 +372,9 @@ def run_generate_suite(
             records.append(skipped("generate", "eager", dev.type, reason))
     if backends is None or "shapes" in backends:
         records.append(_shapes_record(dev, captions * 2, images_per_caption * 2, shapes_resolution, repeats))
+    eager = [r for r in records if r.get("backend") == "eager" and r.get("steps") == steps and r.get("ms")]
+    sd_ms_per_image = eager[0]["ms"] / eager[0]["batch"] if eager else None
+    records += _scorer_records(dev, SCORERS if scorers is None else scorers, score_images, output_size or resolution,
+                               repeats, sd_ms_per_image)  # fmt: skip
     set_speedup(records, "eager", same=("model", "steps"))
     return records

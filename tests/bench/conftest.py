@@ -14,7 +14,7 @@ SUITE_KEYS = {
 # Settings that make each suite take seconds on a 2-core CPU (in place of its --quick defaults).
 TINY = {
     "loss": dict(sizes=[32], dims=[4], dtypes=["float32"], backends=["reference", "chunked"], repeats=1),
-    "generate": dict(captions=1, images_per_caption=1, steps=2, resolution=32, shapes_resolution=32, repeats=1),
+    "generate": dict(captions=1, images_per_caption=1, steps=2, resolution=32, shapes_resolution=32, repeats=1, score_images=2),
     "data": dict(workers=[0], captions=8, captions_per_batch=4, images_per_caption=2, resolution=64, image_size=32, repeats=1),
     "train": dict(preset="tiny", captions_per_batch=2, repeats=1),  # n >= 2: BN per view
 }

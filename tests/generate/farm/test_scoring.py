@@ -16,6 +16,7 @@ from stablerep_fast.errors import GenerateError
 from stablerep_fast.generate import GenerateConfig, generate, initial_noise, noise_seed
 from stablerep_fast.generate.models import digits
 from stablerep_fast.generate.models.scorers import DigitsTruth, ShapesTruth, load_scorer
+from stablerep_fast.testing import random_clip_folder
 
 K = 4
 
@@ -155,11 +156,9 @@ def test_clip_scores_are_cosine_similarities_of_a_local_model(tmp_path):
     model_cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
                  "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}  # fmt: skip
     torch.manual_seed(0)
+    folder = random_clip_folder(tmp_path / "tiny-clip", model_cfg)
     model = open_clip.model.CLIP(**model_cfg).eval()
-    folder = tmp_path / "tiny-clip"
-    folder.mkdir()
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
-    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
+    model.load_state_dict(torch.load(folder / "open_clip_pytorch_model.bin"))
     scorer = load_scorer(f"clip:{folder}", model_id="digits")
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     captions = ["the digit one", "the digit two", "a digit"]
