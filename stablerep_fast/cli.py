@@ -71,7 +71,7 @@ def _add_generate(subparsers) -> None:
     p.add_argument("--latent-std", type=float, default=d.latent_std, metavar="SIGMA")
     p.add_argument("--score", dest="scorer", default=None, metavar="NAME",
                    help="record a caption-image consistency score per image: truth (the procedural world's own: digits, "
-                        "shapes), clip:FOLDER (local OpenCLIP weights) or package.module:Class; histogram in OUT/scores.json")  # fmt: skip
+                        "shapes), clip:FOLDER (local OpenCLIP weights) or package.module:Class; histogram in OUT/dataset.json")  # fmt: skip
     p.add_argument("--regenerate-below", type=float, default=None, metavar="X",
                    help="redraw images scoring below X from new deterministic seeds (needs --score)")  # fmt: skip
     p.add_argument("--max-regenerations", type=int, default=d.max_regenerations, metavar="R",

@@ -63,9 +63,9 @@ INDEX_VERSION = "v1.2"  # wds2idx: "v1.2 SAMPLES", then per sample "EXT OFFSET S
 KEY_DIGITS = 9
 CHECKSUM_KEY = "crc32"  # in a sample's JSON: [crc32 of image 0, ..., image K-1]
 SCORES_KEY = "scores"  # in a sample's JSON (generate --score): [score of image 0, ..., image K-1]
-# Beside dataset.json (generate --score): the scores' histogram over the done shards, rewritten
-# after every run (dataset.json, compared on resume, never changes).
-SCORES_FILE = "scores.json"
+# In dataset.json (generate --score), beside the settings: the scores' histogram over the done
+# shards, rewritten after every run; not compared on resume and not part of a done marker's record.
+SCORE_HISTOGRAM_FIELD = "score_histogram"
 SCORE_BINS = 20  # histogram bins over [0, 1]; scores outside count in the end bins
 
 IndexEntry = tuple[str, int, int, str]  # (extension, data offset, size, member name)
@@ -140,7 +140,7 @@ def is_package_file(name: str) -> bool:
     dataset.json, a shard's tar, .idx, done marker, lock or claim, or a temporary file of one of them."""
     if is_temp(name):
         name = name.rsplit(".", 2)[0]  # NAME.<pid>-<random>.srf-tmp -> NAME
-    return name in (DATASET_FILE, SCORES_FILE) or parse_claim_name(name) is not None or parse_shard_name(name) is not None
+    return name == DATASET_FILE or parse_claim_name(name) is not None or parse_shard_name(name) is not None
 
 
 # Samples and members.
@@ -357,7 +357,7 @@ def done_shards(folder: Folder, listing: Mapping[str, tuple[int, float | None]] 
     return done, damaged
 
 
-# Score histograms (a done marker's "scores", and scores.json: their sum over the shards).
+# Score histograms (a done marker's "scores", and dataset.json's SCORE_HISTOGRAM_FIELD: their sum over the shards).
 def score_histogram(scores: Iterable[float]) -> dict:
     """{count, sum, min, max, bins}: ``bins`` counts the scores in SCORE_BINS equal bins of [0, 1]."""
     values = [float(v) for v in scores]
@@ -380,10 +380,6 @@ def merge_score_histograms(histograms: Iterable[Mapping]) -> dict:
             merged[key] = pick(present) if present else None
     merged["mean"] = merged["sum"] / merged["count"] if merged["count"] else None
     return merged
-
-
-def scores_file(folder: Folder) -> Path | str:
-    return in_folder(folder, SCORES_FILE)
 
 
 # dataset.json.

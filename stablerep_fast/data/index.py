@@ -29,8 +29,9 @@ from stablerep_fast.errors import DataError
 log = logging.getLogger("stablerep_fast.data")
 
 # dataset.json fields that do not change which images a folder holds: the shard layout, K (image
-# k of a caption depends only on the seed, the caption and k) and how processes split the shards.
-LAYOUT_FIELDS = ("shard_size", "num_shards", "images_per_caption", fmt.ASSIGN_FIELD)
+# k of a caption depends only on the seed, the caption and k), how processes split the shards, and
+# the histogram of the scores (a summary of the images, rewritten as shards finish).
+LAYOUT_FIELDS = ("shard_size", "num_shards", "images_per_caption", fmt.ASSIGN_FIELD, fmt.SCORE_HISTOGRAM_FIELD)
 
 
 class ShardError(DataError):

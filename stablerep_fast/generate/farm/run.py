@@ -69,7 +69,7 @@ class GenerateSummary:
     lost: int = 0  # shards this run started but lost to a takeover (nothing published)
     indexes_rewritten: list[int] = field(default_factory=list)  # done shards whose damaged .idx this run rewrote
     regenerated: int = 0  # images this run redrew because they scored below --regenerate-below
-    scores: dict | None = None  # scores.json after the run (generate --score): the folder's score histogram
+    scores: dict | None = None  # dataset.json's score_histogram after the run (generate --score)
 
     @property
     def images_per_second(self) -> float:
@@ -88,7 +88,7 @@ class GenerateSummary:
             lines.append(f"note: the .idx of done shards {self.indexes_rewritten} was damaged or missing; rewritten from their tars")
         if self.scores is not None:
             lines.append(f"scores: mean {self.scores['mean']:.4f} over {self.scores['count']} images of the folder "
-                         f"({self.regenerated} redrawn by this run) -> {self.out}/scores.json")  # fmt: skip
+                         f"({self.regenerated} redrawn by this run) -> {self.out}/dataset.json")  # fmt: skip
         lines.append(f"rank {self.rank}/{self.world_size}: {self.images} images of {self.captions} captions in "
                      f"{self.shards_written} shards, {self.seconds:.1f} s ({self.images_per_second:.2f} images/s, "
                      f"{self.model}, backend {self.backend}); {self.shards_skipped} shards already done -> {self.out}")  # fmt: skip

@@ -212,9 +212,10 @@ def clear_shard(out: storage.Location, shard: int) -> None:
 
 
 def write_scores_summary(out: storage.Location) -> dict | None:
-    """Write ``out/scores.json`` (atomically): the score histograms of every done shard merged
-    (``shards.merge_score_histograms``), with the shards counted and the images redrawn; None,
-    writing nothing, when no done shard records scores."""
+    """Rewrite ``out/dataset.json`` (atomically) with its ``score_histogram``: the score histograms
+    of every done shard merged (``shards.merge_score_histograms``), with the shards counted and the
+    images redrawn; returns it. None, writing nothing, when no done shard records scores. Each run
+    rewrites it at its end from the done markers then present: the last run to finish counts all."""
     listed = storage.list_files(out)
     done, _ = shards.done_shards(out, listed)
     scored = [record for record in done.values() if isinstance(record.get("scores"), dict)]
@@ -223,7 +224,8 @@ def write_scores_summary(out: storage.Location) -> dict | None:
     summary = {**shards.merge_score_histograms(r["scores"] for r in scored), "shards": len(scored),
                "regenerated": sum(int(r.get("regenerated", 0)) for r in scored),
                "bin_edges": [i / shards.SCORE_BINS for i in range(shards.SCORE_BINS + 1)]}  # fmt: skip
-    storage.write_bytes(shards.scores_file(out), json.dumps(summary, indent=1, sort_keys=True).encode())
+    dataset = {**shards.read_dataset(out), shards.SCORE_HISTOGRAM_FIELD: summary}
+    storage.write_bytes(shards.dataset_file(out), json.dumps(dataset, indent=1, sort_keys=True).encode())
     return summary
 
 
@@ -264,6 +266,7 @@ def _check_dataset_json(out: storage.Location, record: dict, assign: str | None)
     except (OSError, ValueError) as exc:
         raise GenerateError(f"cannot read {path}: {exc}") from exc
     there = existing.pop(shards.ASSIGN_FIELD, None)
+    existing.pop(shards.SCORE_HISTOGRAM_FIELD, None)  # rewritten by every run: no setting
     if existing != record:
         raise GenerateError(f"{out} holds a dataset made with a different configuration ({_diff(existing, record)}); "
                             "use another --out")  # fmt: skip

@@ -77,14 +77,16 @@ def test_scores_are_recorded_per_image_and_summed_beside_dataset_json(tmp_path):
         drawn = [digits.draw_parameters(digits.parse_caption(texts[i]), z.numpy(), 0.3).digit for z in noise]
         assert record["scores"] == [float(d == digits.parse_caption(texts[i])["digit"]) for d in drawn]
         recorded += record["scores"]
-    histogram = json.loads((config.out / "scores.json").read_text())
+    dataset = json.loads((config.out / "dataset.json").read_text())
+    histogram = dataset["score_histogram"]
     assert histogram["count"] == len(recorded) == 10 * K
     assert histogram["mean"] == pytest.approx(np.mean(recorded))
     assert histogram["bins"][0] == recorded.count(0.0) and histogram["bins"][-1] == recorded.count(1.0)
     assert 0 < histogram["bins"][0] < len(recorded)  # fidelity 0.3 contradicts some captions, not all
     assert summary.scores == histogram and "scores: mean" in summary.format(config.captions)
-    assert json.loads((config.out / "dataset.json").read_text())["score"] == "digits"
-    # Resuming: dataset.json is unchanged, so the identity check passes, and nothing is redone.
+    assert dataset["score"] == "digits"
+    # Resuming: the identity check passes (the histogram is no setting), nothing is redone and the
+    # histogram, rewritten from the same done markers, is the same.
     before = (config.out / "dataset.json").read_bytes()
     again = generate(config)
     assert again.shards_written == 0 and (config.out / "dataset.json").read_bytes() == before
