@@ -1,7 +1,8 @@
 """``farm-status``: where a generation farm stands, from its output folder alone.
 
 Reads ``dataset.json``, the done markers (captions, images, host, finish time) and the claim
-records (``claims.py``) of a folder or URL; changes nothing. Rates are images finished over the
+records (``claims.py``) of a folder or URL; changes nothing. With ``generate --score``, the
+scores' histogram over the shards done so far (their done markers'). Rates are images finished over the
 last ``interval`` seconds (or since the first claim, when the farm is younger), per host and
 overall; the ETA divides the images left by the overall rate. A claim is live while its
 heartbeat is younger than its lease and, on this host, its process exists; a dynamic farm
@@ -50,6 +51,7 @@ class FarmStatus:
     assign: str | None = None  # the split dataset.json records ("dynamic", "static"); None: not recorded
     unreadable_claims: list[str] = field(default_factory=list)  # claim files holding no claim record
     damaged_indexes: list[int] = field(default_factory=list)  # done shards whose .idx is missing or of another size
+    scores: dict | None = None  # generate --score: the histogram of the done shards' scores (shards.merge_score_histograms)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
@@ -105,6 +107,7 @@ def farm_status(folder: storage.Location, *, interval: float = 600.0, now: float
     rate = sum(h.images_recent for h in hosts.values()) / window
     images_left = captions_total * k - images_done
     idle = dataset.get(shards.ASSIGN_FIELD) == "dynamic" and not live and images_left > 0  # nothing works on it
+    scored = [r["scores"] for r in done.values() if isinstance(r.get("scores"), dict)]
     return FarmStatus(
         folder=str(folder),
         num_shards=num_shards,
@@ -124,6 +127,7 @@ def farm_status(folder: storage.Location, *, interval: float = 600.0, now: float
         assign=dataset.get(shards.ASSIGN_FIELD),
         unreadable_claims=sorted(unreadable),
         damaged_indexes=[s for s, record in sorted(done.items()) if shards.index_problem(folder, s, record, files)],
+        scores=shards.merge_score_histograms(scored) if scored else None,
     )
 
 
@@ -141,6 +145,9 @@ def format_status(status: FarmStatus) -> str:
         f"captions {status.captions_done}/{status.captions_total}, images {status.images_done}/{status.images_total}",
         f"{status.images_per_second:.2f} images/s over the last {_duration(status.interval)}; ETA {eta}",
     ]
+    if status.scores is not None:
+        lines.append(f"scores: mean {status.scores['mean']:.4f} over {status.scores['count']} images of the done shards "
+                     f"(min {status.scores['min']:.4f}, max {status.scores['max']:.4f})")  # fmt: skip
     if status.expired_claims:
         shown = ", ".join(f"{c['shard']} ({c['host']} pid {c['pid']}, {c['why']}, last heartbeat {_duration(c['age'])} ago)"
                           for c in status.expired_claims[:5])  # fmt: skip

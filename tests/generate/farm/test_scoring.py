@@ -13,7 +13,7 @@ from PIL import Image
 
 from stablerep_fast.cli import main
 from stablerep_fast.errors import GenerateError
-from stablerep_fast.generate import GenerateConfig, generate, initial_noise, noise_seed
+from stablerep_fast.generate import GenerateConfig, farm_status, generate, initial_noise, noise_seed
 from stablerep_fast.generate.models import digits
 from stablerep_fast.generate.models.scorers import DigitsTruth, ShapesTruth, load_scorer
 from stablerep_fast.testing import random_clip_folder
@@ -66,7 +66,7 @@ def test_digits_truth_matches_the_documented_contradiction_rate():
     assert ShapesTruth()(["a red star"] * 50, np.zeros((50, 1, 1, 3), np.uint8), latents=shape_latents, guidance=None).min() == 1.0
 
 
-def test_scores_are_recorded_per_image_and_summed_beside_dataset_json(tmp_path):
+def test_scores_are_recorded_per_image_and_summed_in_dataset_json(tmp_path):
     config = _config(tmp_path, "scored")
     summary = generate(config)
     samples = _samples(config.out)
@@ -85,6 +85,10 @@ def test_scores_are_recorded_per_image_and_summed_beside_dataset_json(tmp_path):
     assert 0 < histogram["bins"][0] < len(recorded)  # fidelity 0.3 contradicts some captions, not all
     assert summary.scores == histogram and "scores: mean" in summary.format(config.captions)
     assert dataset["score"] == "digits"
+    # farm-status sums the done markers' histograms while the farm runs: the same numbers.
+    live = farm_status(config.out).scores
+    assert {key: live[key] for key in ("count", "bins", "min", "max")} == {key: histogram[key] for key in ("count", "bins", "min", "max")}
+    assert live["mean"] == pytest.approx(histogram["mean"])
     # Resuming: the identity check passes (the histogram is no setting), nothing is redone and the
     # histogram, rewritten from the same done markers, is the same.
     before = (config.out / "dataset.json").read_bytes()
