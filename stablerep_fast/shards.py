@@ -66,6 +66,8 @@ SCORES_KEY = "scores"  # in a sample's JSON (generate --score): [score of image 
 # In dataset.json (generate --score), beside the settings: the scores' histogram over the done
 # shards, rewritten after every run; not compared on resume and not part of a done marker's record.
 SCORE_HISTOGRAM_FIELD = "score_histogram"
+# The fields of dataset.json that are no generation setting (a done marker records the rest).
+NOT_SETTINGS = (ASSIGN_FIELD, SCORE_HISTOGRAM_FIELD)
 SCORE_BINS = 20  # histogram bins over [0, 1]; scores outside count in the end bins
 
 IndexEntry = tuple[str, int, int, str]  # (extension, data offset, size, member name)

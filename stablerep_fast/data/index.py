@@ -31,7 +31,7 @@ log = logging.getLogger("stablerep_fast.data")
 # dataset.json fields that do not change which images a folder holds: the shard layout, K (image
 # k of a caption depends only on the seed, the caption and k), how processes split the shards, and
 # the histogram of the scores (a summary of the images, rewritten as shards finish).
-LAYOUT_FIELDS = ("shard_size", "num_shards", "images_per_caption", fmt.ASSIGN_FIELD, fmt.SCORE_HISTOGRAM_FIELD)
+LAYOUT_FIELDS = ("shard_size", "num_shards", "images_per_caption", *fmt.NOT_SETTINGS)
 
 
 class ShardError(DataError):
@@ -201,7 +201,7 @@ def _read_shard(tar: str, config: dict) -> dict[str, dict[str, Member]]:
     if tar_size != done["bytes"]:
         raise ShardError(f"truncated tar {tar}: {tar_size} bytes, its done marker records {done['bytes']}")
     made_with = done.get("dataset")  # absent in markers written before it was recorded
-    config = {key: value for key, value in config.items() if key != fmt.ASSIGN_FIELD}  # not in done markers
+    config = {key: value for key, value in config.items() if key not in fmt.NOT_SETTINGS}  # not in done markers
     if made_with is not None and made_with != config:
         changed = sorted(k for k in config if not isinstance(made_with, dict) or made_with.get(k) != config.get(k))
         raise ShardError(f"{tar} was made with another configuration than its folder's dataset.json ({', '.join(changed)})")

@@ -86,3 +86,19 @@ def test_train_min_score_reaches_the_loader(scored, tmp_path, caplog):
     saved = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
     assert saved["config"]["min_score"] == 0.5 and dropped > 0
     assert f"and {dropped} captions left with fewer than {M} images" in caplog.text
+
+
+def test_a_copy_of_a_scored_folder_is_refused_whatever_its_histogram(scored, tmp_path):
+    """dataset.json's score_histogram summarises the images, it does not define them: a copy
+    whose histogram differs still holds the same images."""
+    import shutil
+
+    from stablerep_fast.data import open_index
+
+    copy = tmp_path / "copy"
+    shutil.copytree(scored, copy)
+    dataset = json.loads((copy / "dataset.json").read_text())
+    dataset["score_histogram"]["count"] += 1
+    (copy / "dataset.json").write_text(json.dumps(dataset))
+    with pytest.raises(DataError, match="hold the same images"):
+        open_index([scored, copy])
