@@ -85,16 +85,17 @@ def _plot(result: dict, path: Path) -> Path | None:
         return None
     points = result["points"]
     values = [p["value"] for p in points]
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     for key in accuracy_keys(points[0]):
         ax.errorbar(values, [p[key]["mean"] for p in points], yerr=[p[key]["std"] for p in points], marker="o", capsize=3,
                     label=key)  # fmt: skip
     ax.set_xlabel(result["param"])
     ax.set_ylabel("multi-positive accuracy (validation)")
     twin = ax.twinx()
-    twin.plot(values, [p["mean_score"] for p in points], marker="s", linestyle="--", color="grey", label="mean consistency score")
-    twin.set_ylabel("mean consistency score of the images")
-    fig.legend(loc="lower right", fontsize=8)
+    twin.plot(values, [p["mean_score"] for p in points], marker="s", linestyle="--", color="grey", label="mean score (right)")
+    twin.set_ylabel("mean consistency score")
+    handles = [h for axis in (ax, twin) for h in axis.get_legend_handles_labels()[0]]
+    ax.legend(handles, [h.get_label() for h in handles], loc="best", fontsize=8, framealpha=0.8)
     ax.set_title(f"{result['world']} world: sweep of {result['param']}, {len(result['seeds'])} seed(s)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
