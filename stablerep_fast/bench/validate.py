@@ -7,7 +7,8 @@ stopped, with everything it started, and recorded as such; the next one still ru
             or lacks CUDA kernels on a GPU machine whose nvcc is found (this GPU's architecture only)
   tests     the tests marked ``gpu`` (pytest), from the source tree's tests/
   loss      fused loss forward + backward: bf16 and fp32, N 8192 and 65536, D 256 (GPU)
-  generate  SD 1.5 layout with random weights, eager then torch.compile, 8 images per call, 512 px, 50 steps
+  generate  SD 1.5 layout with random weights, eager then torch.compile, 8 images per call, 512 px, 50 steps;
+            with eager, the consistency scorers (CLIP ViT-B/32, the digits truth) on 256 images
   data      build_loader images/s: torch, the memory loader and DALI ("mixed" nvJPEG), those installed
   train     a training step of ViT-B/16 at 224 px, end to end vs the model alone
 
@@ -40,6 +41,7 @@ from typing import Callable
 
 import stablerep_fast
 from stablerep_fast.atomic import atomic_write
+from stablerep_fast.bench.generate import SCORERS
 from stablerep_fast.errors import first_line
 
 STAGES = ("build", "tests", "loss", "generate", "data", "train")
@@ -66,6 +68,8 @@ STAGES = ("build", "tests", "loss", "generate", "data", "train")
 #             calls of 8 images x 50 steps (~2-3 s each at 40% of the fp16 tensor-core peak);
 #             the eager records are written by ~45 s. torch.compile (CUDA graphs) of the UNet
 #             and VAE decoder gets the rest and may not finish cold: then its step is named.
+#             The scorers run after eager: a random ViT-B/32 built on the CPU (~3 s), 256
+#             images in a call (tenths of a second).
 #   data      45: shapes shards, 128 captions x 10 images at 256 px (~121 images/s per 2 cores
 #             here: ~10 s), then 3 epochs per loader.
 #   train     60: ViT-B/16 steps at 32 x 6 images in bf16 (~0.2 s each, 8 per variant), 64 x 8
@@ -86,14 +90,14 @@ SUITE_SETTINGS = {
                      backends=["reference", "chunked", "triton", "cuda"], repeats=5),  # fmt: skip
         # Without the few-step families: their compile warm-ups would not fit the stage's budget.
         "generate": dict(captions=2, images_per_caption=4, steps=50, resolution=512, output_size=256, dtype="float16",
-                         backends=["eager", "compile"], repeats=2, few_step=[]),  # fmt: skip
+                         backends=["eager", "compile"], repeats=2, few_step=[], score_images=256),  # fmt: skip
         "data": dict(backends=None, workers=[8], captions=128, captions_per_batch=32, repeats=2),
         "train": dict(preset="vit_b16", captions_per_batch=32, repeats=5),
     },
     "cpu": {
         "loss": dict(sizes=[512], dims=[32], dtypes=["float32"], backends=["reference", "chunked", "cpp"], repeats=2),
         "generate": dict(captions=1, images_per_caption=2, steps=2, resolution=32, shapes_resolution=32,
-                         backends=["eager", "shapes"], repeats=1),  # fmt: skip
+                         backends=["eager", "shapes"], repeats=1, score_images=4),  # fmt: skip
         "data": dict(backends=None, workers=[0], captions=8, captions_per_batch=4, images_per_caption=2, resolution=64,
                      image_size=32, repeats=1),  # fmt: skip
         "train": dict(preset="tiny", captions_per_batch=2, num_workers=0, repeats=1),
@@ -105,7 +109,8 @@ _TRAIN_STEPS = [dict(variants=["model", "model+loss"]), dict(variants=["end-to-e
 SUITE_STEPS = {
     device: {
         "loss": [dict(dtypes=[t], sizes=[n]) for t in settings["loss"]["dtypes"] for n in settings["loss"]["sizes"]],
-        "generate": [dict(backends=[b]) for b in settings["generate"]["backends"]],
+        # The scorers once, beside eager (their overhead is against its time per image).
+        "generate": [dict(backends=[b], scorers=list(SCORERS) if b == "eager" else []) for b in settings["generate"]["backends"]],
         "train": _TRAIN_STEPS,
     }
     for device, settings in SUITE_SETTINGS.items()

@@ -33,7 +33,9 @@ def test_validate_on_cpu_runs_every_stage_and_writes_json_and_markdown(tmp_path,
     measured = {(r["suite"], r["backend"]) for r in document["records"] if not r.get("skipped") and r.get("ms")}
     assert {("loss", "reference"), ("loss", "chunked"), ("loss", "cpp"), ("generate", "eager"), ("generate", "shapes"),
             ("data", "torch"), ("train", "model"), ("train", "model+loss"), ("train", "end-to-end"),
-            ("train", "end-to-end-online")} <= measured  # fmt: skip
+            ("train", "end-to-end-online"), ("generate", "score:digits"), ("generate", "score:clip")} <= measured  # fmt: skip
+    scorers = [r["backend"] for r in document["records"] if r["suite"] == "generate" and r["backend"].startswith("score:")]
+    assert sorted(scorers) == ["score:clip", "score:digits"]  # once, beside eager, not in every generate step
     for r in document["records"]:
         if not r.get("skipped") and r["suite"] in bench.SUITES:
             check_record(r)
