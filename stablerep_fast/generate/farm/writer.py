@@ -265,8 +265,8 @@ def _check_dataset_json(out: storage.Location, record: dict, assign: str | None)
         existing = shards.read_dataset(out)
     except (OSError, ValueError) as exc:
         raise GenerateError(f"cannot read {path}: {exc}") from exc
-    there = existing.pop(shards.ASSIGN_FIELD, None)
-    existing.pop(shards.SCORE_HISTOGRAM_FIELD, None)  # rewritten by every run: no setting
+    there = existing.get(shards.ASSIGN_FIELD)
+    existing = {key: value for key, value in existing.items() if key not in shards.NOT_SETTINGS}
     if existing != record:
         raise GenerateError(f"{out} holds a dataset made with a different configuration ({_diff(existing, record)}); "
                             "use another --out")  # fmt: skip
